@@ -1,0 +1,30 @@
+# Every target builds its own .venv from nothing but python3, so a fresh clone works.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test lint bench test-docker soak clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m demo_services.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check graceful_web
+	$(PY) -m mypy --strict graceful_web
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check graceful_web
+	$(PY) -m mypy --strict graceful_web
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,64 @@
+"""The HTTP contract every demo service follows, shared so the services cannot drift apart.
+
+GET /slow?ms=N   sleeps N ms, 200          GET /fast      200
+POST /jobs?ms=N&id=X   202; a protected job sleeps N ms, then appends the line X to JOBS_FILE
+GET /healthz     200 while the process runs
+GET /readyz      200 while serving, 503 while draining
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+MAX_MS = 600_000
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class BadParameter(ValueError):
+    """A query parameter the contract does not accept; the message is safe to send back."""
+
+
+def parse_ms(raw: str | None, default: int = 0) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameter("ms must be a whole number of milliseconds") from None
+    if not 0 <= value <= MAX_MS:
+        raise BadParameter(f"ms must be between 0 and {MAX_MS}")
+    return value
+
+
+def parse_id(raw: str | None) -> str:
+    if raw is None or not _ID.fullmatch(raw):
+        raise BadParameter("id must be 1 to 64 of A-Z a-z 0-9 _ . : -")
+    return raw
+
+
+def jobs_file() -> str:
+    return os.environ.get("JOBS_FILE", "jobs.log")
+
+
+def append_job_record(line: str) -> None:
+    """Append one line durably: a record in the file means the job really finished."""
+    fd = os.open(jobs_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def graceful_enabled() -> bool:
+    """GRACEFUL=0 runs the same service without graceful_web, to show what it loses."""
+    return os.environ.get("GRACEFUL", "1") not in ("0", "false", "no", "off")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,29 @@
+"""graceful_web: restarts and deploys of async web services that lose nothing.
+
+Requests in flight and background jobs started with ``spawn`` are protected: on SIGTERM or
+SIGINT the server stops accepting connections at once, drains protected work within one
+deadline, reports anything it had to abandon, and only then lets the process exit.
+"""
+
+from ._core import (
+    EXIT_ABANDONED,
+    EXIT_HARD,
+    AbandonedWork,
+    DrainReport,
+    ShutdownInProgress,
+    protect,
+    shutting_down,
+    spawn,
+)
+
+__all__ = [
+    "EXIT_ABANDONED",
+    "EXIT_HARD",
+    "AbandonedWork",
+    "DrainReport",
+    "ShutdownInProgress",
+    "protect",
+    "shutting_down",
+    "spawn",
+]
+__version__ = "0.1.0"

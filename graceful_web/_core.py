@@ -1,0 +1,666 @@
+"""Protected work, the drain state and the one deadline.
+
+This module knows nothing of any web framework. Adapters translate their server's hooks
+into four calls: ``configure`` at startup, ``begin`` when the stop signal arrives,
+``wait`` inside the server's own shutdown path, and ``force`` on a second signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+logger = logging.getLogger("graceful_web")
+
+T = TypeVar("T")
+
+DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
+PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
+DEFAULT_DRAIN_TIMEOUT = 25.0
+
+#: Exit status when the deadline passed and work had to be abandoned (EX_TEMPFAIL:
+#: the orchestrator may retry; it is not 3 or 4, which gunicorn's arbiter treats as boot errors).
+EXIT_ABANDONED = 75
+#: Exit status of the last-resort hard exit: work that refused to stop even after being cancelled.
+EXIT_HARD = 70
+#: How long cancelled work may take to unwind after the deadline before the hard exit.
+CANCEL_GRACE = 1.0
+
+WorkKind = Literal["request", "job"]
+
+
+class ShutdownInProgress(RuntimeError):
+    """Raised by ``spawn``/``protect`` when the process is draining and will not accept new work.
+
+    Answer the caller with 503 (or re-queue the work elsewhere): nothing was started.
+    """
+
+
+@dataclass(frozen=True)
+class AbandonedWork:
+    """A request or job still running at the deadline (or at a second signal)."""
+
+    kind: WorkKind
+    name: str
+    age: float  # seconds since the work started
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What one drain did, from the stop signal to the end of waiting."""
+
+    reason: str
+    drained_requests: int
+    drained_jobs: int
+    failed_jobs: int
+    refused_jobs: int
+    abandoned: tuple[AbandonedWork, ...]
+    duration: float  # seconds from the start of the drain to the end of waiting
+    forced: bool
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit status this drain calls for: 0 when nothing was abandoned."""
+        if self.forced and self.reason.startswith("SIG"):
+            signum = getattr(signal.Signals, self.reason, None)
+            if signum is not None:
+                return 128 + int(signum)
+        return EXIT_ABANDONED if self.abandoned else 0
+
+
+class Phase(enum.Enum):
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def _env_seconds(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{name}={raw!r} is not a number of seconds; set it to e.g. {name}=25"
+        ) from None
+    return value
+
+
+def _check_seconds(name: str, value: float, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+    return float(value)
+
+
+AbandonedCallback = Callable[[tuple[AbandonedWork, ...]], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated drain settings, shared by every adapter.
+
+    A value passed in code wins; when it is ``None`` the environment variable is read,
+    then the default applies.
+    """
+
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    pre_stop_delay: float = 0.0
+    on_abandoned: AbandonedCallback | None = None
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+    readiness_path: str | None = "/readyz"
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        drain_timeout: float | None = None,
+        pre_stop_delay: float | None = None,
+        on_abandoned: AbandonedCallback | None = None,
+        signals: Iterable[signal.Signals | int | str] | None = None,
+        readiness_path: str | None = "/readyz",
+    ) -> Config:
+        if drain_timeout is None:
+            drain_timeout = _env_seconds(DRAIN_TIMEOUT_ENV)
+            name = DRAIN_TIMEOUT_ENV
+        else:
+            name = "drain_timeout"
+        timeout = _check_seconds(
+            name,
+            DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout,
+            allow_zero=False,
+        )
+        if pre_stop_delay is None:
+            pre_stop_delay = _env_seconds(PRE_STOP_DELAY_ENV)
+            delay_name = PRE_STOP_DELAY_ENV
+        else:
+            delay_name = "pre_stop_delay"
+        delay = _check_seconds(
+            delay_name, 0.0 if pre_stop_delay is None else pre_stop_delay, allow_zero=True
+        )
+        if delay >= timeout:
+            raise ValueError(
+                f"pre_stop_delay ({delay:g} s) must be shorter than drain_timeout "
+                f"({timeout:g} s): the delay is spent inside the one drain deadline"
+            )
+        if on_abandoned is not None and not callable(on_abandoned):
+            raise TypeError(f"on_abandoned must be callable, got {on_abandoned!r}")
+        if readiness_path is not None and (
+            not isinstance(readiness_path, str) or not readiness_path.startswith("/")
+        ):
+            raise ValueError(
+                f"readiness_path must be a path starting with '/', e.g. '/readyz', or None to "
+                f"turn it off; got {readiness_path!r}"
+            )
+        return cls(
+            readiness_path=readiness_path,
+            drain_timeout=timeout,
+            pre_stop_delay=delay,
+            on_abandoned=on_abandoned,
+            signals=parse_signals(signals),
+        )
+
+
+def parse_signals(
+    signals: Iterable[signal.Signals | int | str] | None,
+) -> tuple[signal.Signals, ...]:
+    """Turn names ("SIGTERM", "TERM"), numbers or ``signal.Signals`` into a checked tuple."""
+    if signals is None:
+        return (signal.SIGINT, signal.SIGTERM)
+    if isinstance(signals, (str, int)):
+        signals = (signals,)
+    parsed: list[signal.Signals] = []
+    for item in signals:
+        if isinstance(item, signal.Signals):
+            parsed.append(item)
+        elif isinstance(item, bool):
+            raise TypeError(f"unknown signal {item!r}: use e.g. signal.SIGTERM or 'SIGTERM'")
+        elif isinstance(item, int):
+            try:
+                parsed.append(signal.Signals(item))
+            except ValueError:
+                raise ValueError(f"unknown signal number {item}") from None
+        elif isinstance(item, str):
+            key = item.upper()
+            key = key if key.startswith("SIG") else "SIG" + key
+            try:
+                parsed.append(signal.Signals[key])
+            except KeyError:
+                known = ", ".join(s.name for s in (signal.SIGINT, signal.SIGTERM))
+                raise ValueError(f"unknown signal name {item!r}: use a name like {known}") from None
+        else:
+            raise TypeError(f"unknown signal {item!r}: use e.g. signal.SIGTERM or 'SIGTERM'")
+    if not parsed:
+        raise ValueError("signals must name at least one signal, e.g. ('SIGINT', 'SIGTERM')")
+    return tuple(dict.fromkeys(parsed))
+
+
+class Work:
+    """One piece of protected work: an in-flight request or a background job."""
+
+    __slots__ = ("__weakref__", "cancel", "kind", "name", "started")
+
+    def __init__(self, kind: WorkKind, name: str, cancel: Callable[[], object]) -> None:
+        self.kind = kind
+        self.name = name
+        self.started = time.monotonic()
+        self.cancel = cancel
+
+
+# True inside a request or job that is itself protected: work it spawns during the drain is
+# its follow-up and is accepted, while a spawn from anywhere else is refused.
+_inside_protected: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "graceful_web_inside_protected", default=False
+)
+
+
+class Drain:
+    """The drain state of one event loop: protected work, the phase and the deadline."""
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.phase = Phase.SERVING
+        self.reason = ""
+        self.started_at: float | None = None
+        self.deadline: float | None = None
+        self.forced = False
+        self.wired = False  # an adapter has tied this drain into a server's shutdown
+        self.stop_awaited = False  # the app itself waits for shutting_down() to stop its server
+        self.report: DrainReport | None = None
+        self._work: set[Work] = set()
+        self._requests = 0
+        self._jobs = 0
+        self.drained_requests = 0
+        self.drained_jobs = 0
+        self.failed_jobs = 0
+        self.refused_jobs = 0
+        self._abandoned: list[AbandonedWork] = []
+        self._abandoned_work: set[Work] = set()
+        self._idle_waiters: list[Callable[[], None]] = []
+        self._shutdown_waiters: list[Callable[[], None]] = []
+        self._watchdog: threading.Timer | None = None
+        self._strong_jobs: set[asyncio.Task[Any]] = set()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self.phase is not Phase.SERVING
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests
+
+    @property
+    def jobs_in_flight(self) -> int:
+        return self._jobs
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            return self.config.drain_timeout
+        return max(0.0, self.deadline - time.monotonic())
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.wired = True
+
+    # -- protected work ------------------------------------------------------------------
+
+    def _admit(self, kind: WorkKind) -> None:
+        if self.phase is Phase.SERVING:
+            return
+        if (
+            self.phase is Phase.DRAINING
+            and not self.forced
+            and _inside_protected.get()
+            and self.remaining() > 0
+        ):
+            return
+        if kind == "job":
+            self.refused_jobs += 1
+        raise ShutdownInProgress(
+            f"the process is shutting down ({self.reason or 'drain started'}); "
+            f"this {kind} was not started: answer 503 or hand it to another instance"
+        )
+
+    def add(self, work: Work) -> None:
+        self._work.add(work)
+        if work.kind == "request":
+            self._requests += 1
+        else:
+            self._jobs += 1
+
+    def discard(self, work: Work, *, failed: bool = False) -> None:
+        if work not in self._work:
+            return
+        self._work.remove(work)
+        counted = self.phase is not Phase.SERVING and work not in self._abandoned_work
+        if work.kind == "request":
+            self._requests -= 1
+            if counted:
+                self.drained_requests += 1
+        else:
+            self._jobs -= 1
+            if counted and failed:
+                self.failed_jobs += 1
+            elif counted:
+                self.drained_jobs += 1
+        if not self._work:
+            self._wake_idle_waiters()
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for wake in waiters:
+            wake()
+
+    def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
+        """Register an in-flight request. During the drain a request still gets in through an
+        already-open connection; it is served, as the listener is already closed."""
+        work = Work("request", name, cancel)
+        self.add(work)
+        return work
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(
+                f"spawn() takes a coroutine, e.g. spawn(send_receipt(order_id)); got {coro!r}"
+            )
+        try:
+            self._admit("job")
+        except ShutdownInProgress:
+            coro.close()  # never awaited, so close it rather than leave a warning behind
+            raise
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        context.run(_inside_protected.set, True)
+        task: asyncio.Task[T] = loop.create_task(coro, name=name, context=context)
+        work = Work("job", task.get_name(), task.cancel)
+        self.add(work)
+        # The loop keeps only weak references to tasks: hold the job until it is done.
+        self._strong_jobs.add(task)
+        task.add_done_callback(lambda done: self._job_done(work, done))
+        return task
+
+    def _job_done(self, work: Work, task: asyncio.Task[Any]) -> None:
+        self._strong_jobs.discard(task)
+        failed = False
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                failed = True
+                logger.error(
+                    "protected job %r failed",
+                    work.name,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
+        self.discard(work, failed=failed)
+
+    # -- the drain -----------------------------------------------------------------------
+
+    def begin(self, reason: str = "shutdown") -> bool:
+        """Start draining. Returns False when a drain had already started."""
+        if self.phase is not Phase.SERVING:
+            return False
+        self.phase = Phase.DRAINING
+        self.reason = reason
+        self.started_at = time.monotonic()
+        self.deadline = self.started_at + self.config.drain_timeout
+        logger.info(
+            "drain started (%s): %d requests and %d jobs in flight, deadline in %.1f s",
+            reason,
+            self._requests,
+            self._jobs,
+            self.config.drain_timeout,
+            extra={
+                "graceful_reason": reason,
+                "graceful_requests": self._requests,
+                "graceful_jobs": self._jobs,
+                "graceful_deadline_s": self.config.drain_timeout,
+            },
+        )
+        waiters, self._shutdown_waiters = self._shutdown_waiters, []
+        for wake in waiters:
+            wake()
+        return True
+
+    def arm_watchdog(self) -> None:
+        """Guarantee the process ends by deadline + grace even if work ignores cancellation
+        or blocks the event loop. Armed only for signal-driven drains of a real server."""
+        if self._watchdog is not None or self.deadline is None:
+            return
+        delay = self.remaining() + CANCEL_GRACE + 0.5
+        timer = threading.Timer(delay, _hard_exit, args=(self,))
+        timer.daemon = True
+        timer.start()
+        self._watchdog = timer
+
+    def disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def force(self, reason: str) -> None:
+        """A second signal: cancel every piece of protected work now."""
+        if self.phase is Phase.SERVING:
+            self.begin(reason)
+        if self.forced:
+            return
+        self.forced = True
+        self.reason = reason
+        logger.warning(
+            "second signal (%s): cancelling %d pieces of protected work now",
+            reason,
+            len(self._work),
+        )
+        self._abandon_all()
+        self._wake_idle_waiters()
+
+    def _abandon_all(self) -> None:
+        now = time.monotonic()
+        for work in sorted(self._work, key=lambda w: w.started):
+            if work in self._abandoned_work:
+                continue
+            entry = AbandonedWork(work.kind, work.name, now - work.started)
+            self._abandoned_work.add(work)
+            self._abandoned.append(entry)
+            logger.warning(
+                "abandoned %s %r after %.1f s",
+                work.kind,
+                work.name,
+                entry.age,
+                extra={
+                    "graceful_kind": work.kind,
+                    "graceful_name": work.name,
+                    "graceful_age_s": entry.age,
+                },
+            )
+            work.cancel()
+
+    async def _wait_idle(self, timeout: float) -> bool:
+        """Wait until no protected work is left; False when the timeout came first."""
+        if not self._work:
+            return True
+        event = anyio.Event()
+        self._idle_waiters.append(event.set)
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        return not self._work
+
+    async def wait(self, reason: str = "shutdown") -> DrainReport:
+        """Drain: wait for every protected request and job until the deadline, then cancel
+        and report what is left. Safe to call more than once; later calls return the report."""
+        if self.report is not None:
+            return self.report
+        self.begin(reason)
+        try:
+            while not self.forced and self._work and self.remaining() > 0:
+                await self._wait_idle(self.remaining())
+            if self._work and not self.forced:
+                self._abandon_all()
+            if self._work:
+                # Cancelled work gets a moment to unwind (finally blocks, rollbacks).
+                await self._wait_idle(CANCEL_GRACE)
+        except BaseException:
+            # The drain itself was cancelled (e.g. the loop is being torn down): report
+            # what is being lost rather than lose it silently.
+            if self._work:
+                self._abandon_all()
+            self._finish()
+            raise
+        report = self._finish()
+        await self._notify_abandoned(report)
+        return report
+
+    def _finish(self) -> DrainReport:
+        if self.report is not None:
+            return self.report
+        self.phase = Phase.STOPPED
+        started = self.started_at if self.started_at is not None else time.monotonic()
+        duration = time.monotonic() - started
+        report = DrainReport(
+            reason=self.reason,
+            drained_requests=self.drained_requests,
+            drained_jobs=self.drained_jobs,
+            failed_jobs=self.failed_jobs,
+            refused_jobs=self.refused_jobs,
+            abandoned=tuple(self._abandoned),
+            duration=duration,
+            forced=self.forced,
+        )
+        self.report = report
+        log = logger.warning if report.abandoned else logger.info
+        log(
+            "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
+            "refused %d jobs, abandoned %d",
+            duration * 1000,
+            report.drained_requests,
+            report.drained_jobs,
+            report.failed_jobs,
+            report.refused_jobs,
+            len(report.abandoned),
+            extra={
+                "graceful_duration_ms": round(duration * 1000, 1),
+                "graceful_drained_requests": report.drained_requests,
+                "graceful_drained_jobs": report.drained_jobs,
+                "graceful_failed_jobs": report.failed_jobs,
+                "graceful_refused_jobs": report.refused_jobs,
+                "graceful_abandoned": len(report.abandoned),
+            },
+        )
+        return report
+
+    async def _notify_abandoned(self, report: DrainReport) -> None:
+        callback = self.config.on_abandoned
+        if callback is None or not report.abandoned:
+            return
+        try:
+            result = callback(report.abandoned)
+            if result is not None and hasattr(result, "__await__"):
+                with anyio.move_on_after(CANCEL_GRACE):
+                    await result
+        except Exception:
+            logger.exception("on_abandoned callback failed")
+
+    # -- shutting_down() -----------------------------------------------------------------
+
+    async def wait_shutting_down(self) -> None:
+        self.stop_awaited = True
+        if self.draining:
+            return
+        event = anyio.Event()
+        self._shutdown_waiters.append(event.set)
+        await event.wait()
+
+
+def _hard_exit(drain: Drain) -> None:
+    code = EXIT_HARD
+    names = ", ".join(f"{w.kind} {w.name!r}" for w in drain._work) or "none left"
+    try:
+        logger.critical(
+            "hard exit with status %d: protected work did not stop %.1f s after the deadline (%s)",
+            code,
+            CANCEL_GRACE + 0.5,
+            names,
+        )
+        for handler in logging.getLogger().handlers + logger.handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+# One Drain per event loop, so independent loops (tests, threads) never share state.
+_drains: weakref.WeakKeyDictionary[object, Drain] = weakref.WeakKeyDictionary()
+
+
+def _loop_key() -> object:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+    raise RuntimeError(
+        "graceful_web needs a running event loop: call it from async code "
+        "(a request handler, a startup hook or a coroutine started by graceful_web.run)"
+    )
+
+
+def current_drain() -> Drain:
+    key = _loop_key()
+    drain = _drains.get(key)
+    if drain is None:
+        drain = _drains[key] = Drain()
+    return drain
+
+
+# -- the public functions ----------------------------------------------------------------
+
+
+def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """Start ``coro`` as a protected background job and return its task.
+
+    Use it where you would use ``asyncio.create_task``: shutdown waits for the job (until the
+    drain deadline) instead of cancelling it. Raises ``ShutdownInProgress`` once the drain has
+    started, unless called from a request or job that is itself still being drained.
+    """
+    return current_drain().spawn(coro, name=name)
+
+
+def protect(awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Future[T]:
+    """Protect work that already exists (a task or future, or a coroutine).
+
+    Returns a future to await in place of the original. Shutdown waits for the work as it
+    waits for a spawned job.
+    """
+    drain = current_drain()
+    if asyncio.iscoroutine(awaitable):
+        return drain.spawn(awaitable, name=name)
+    future = asyncio.ensure_future(awaitable)
+    if future.done():
+        return future
+    drain._admit("job")
+    label = name or (future.get_name() if isinstance(future, asyncio.Task) else repr(future))
+    work = Work("job", label, future.cancel)
+    drain.add(work)
+
+    def _done(done: asyncio.Future[Any]) -> None:
+        failed = False
+        if not done.cancelled() and done.exception() is not None:
+            failed = True
+            exc = done.exception()
+            assert exc is not None
+            logger.error(
+                "protected job %r failed", label, exc_info=(type(exc), exc, exc.__traceback__)
+            )
+        drain.discard(work, failed=failed)
+
+    future.add_done_callback(_done)
+    return future
+
+
+@dataclass
+class ShuttingDown:
+    """Tells long-lived handlers (websockets, server-sent events, long polls) that the
+    process is draining. ``bool(shutting_down())`` is a cheap check; ``await
+    shutting_down().wait()`` returns when the drain starts."""
+
+    _drain: Drain = field(repr=False)
+
+    def is_set(self) -> bool:
+        return self._drain.draining
+
+    def __bool__(self) -> bool:
+        return self._drain.draining
+
+    async def wait(self) -> None:
+        await self._drain.wait_shutting_down()
+
+
+def shutting_down() -> ShuttingDown:
+    """The drain flag of the running event loop: true from the first moment of the drain."""
+    return ShuttingDown(current_drain())

@@ -1,0 +1,227 @@
+"""aiohttp adapter: ``graceful_middleware`` marks requests as protected, ``setup(app)`` ties
+the drain into aiohttp's own shutdown.
+
+aiohttp stops in this order: close the listeners, close idle keep-alive connections, send
+``on_shutdown``, wait ``shutdown_timeout`` for handlers and cancel them, send ``on_cleanup``;
+``run_app`` then cancels every task left. The drain runs as the last ``on_shutdown``
+handler, after the listeners are closed and before anything is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import __version__ as aiohttp_version
+from aiohttp import web
+
+from . import _signals
+from ._core import AbandonedCallback, Config, Drain, DrainReport, _inside_protected, current_drain
+
+__all__ = ["graceful_middleware", "setup"]
+
+logger = logging.getLogger("graceful_web")
+
+MIN_AIOHTTP = (3, 9)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class _AppState:
+    config: Config
+    handle_signals: bool
+    drain: Drain | None = None
+    installed: _signals.Installed | None = None
+    server_stopped: bool = False
+
+
+_STATE = web.AppKey("graceful_web_state", _AppState)
+
+
+def _check_aiohttp_version() -> None:
+    try:
+        found = tuple(int(part) for part in aiohttp_version.split(".")[:2])
+    except ValueError:
+        return  # a development build: trust it
+    if found < MIN_AIOHTTP:
+        raise RuntimeError(
+            f"graceful_web.aiohttp needs aiohttp {'.'.join(map(str, MIN_AIOHTTP))} or newer, "
+            f"found {aiohttp_version}: pip install -U 'graceful-web[aiohttp]'"
+        )
+
+
+def setup(
+    app: web.Application,
+    *,
+    drain_timeout: float | None = None,
+    pre_stop_delay: float | None = None,
+    readiness_path: str | None = "/readyz",
+    on_abandoned: AbandonedCallback | None = None,
+    signals: Iterable[signal.Signals | int | str] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Tie graceful draining into ``app``'s startup and shutdown.
+
+    Adds ``graceful_middleware`` if the app does not have it yet. ``drain_timeout`` (else
+    ``GRACEFUL_DRAIN_TIMEOUT``, else 25 s) is the one deadline from the signal to the end of the
+    drain; ``pre_stop_delay`` (else ``GRACEFUL_PRE_STOP_DELAY``, else 0) keeps serving, with
+    readiness answering 503, before the listeners close. ``handle_signals=False`` leaves the
+    signals to you: start the drain by calling ``runner.cleanup()``.
+    """
+    _check_aiohttp_version()
+    if not isinstance(app, web.Application):
+        raise TypeError(f"setup() takes an aiohttp web.Application, got {app!r}")
+    if _STATE in app:
+        raise RuntimeError("graceful_web.aiohttp.setup() was already called for this app")
+    config = Config.build(
+        drain_timeout=drain_timeout,
+        pre_stop_delay=pre_stop_delay,
+        on_abandoned=on_abandoned,
+        signals=signals,
+        readiness_path=readiness_path,
+    )
+    app[_STATE] = _AppState(config=config, handle_signals=handle_signals)
+    if graceful_middleware not in app.middlewares:
+        app.middlewares.append(graceful_middleware)
+    app.on_startup.append(_on_startup)
+
+
+async def _on_startup(app: web.Application) -> None:
+    state = app[_STATE]
+    drain = current_drain()
+    drain.configure(state.config)
+    state.drain = drain
+    loop = asyncio.get_running_loop()
+    if state.handle_signals:
+        # aiohttp (run_app, AppRunner(handle_signals=True)) and gunicorn's worker installed
+        # their handlers before startup; ours replace them and call them when it is time.
+        state.installed = _signals.install(
+            loop, state.config.signals, lambda sig: _on_signal(state, loop, sig)
+        )
+    # Appended during startup, so they run after every handler the app registered itself
+    # (closing websockets in on_shutdown keeps working, and is then part of the drain).
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+
+
+def _on_signal(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+    drain = state.drain
+    assert drain is not None
+    if drain.draining:
+        drain.force(sig.name)
+        _stop_server(state, sig)
+        return
+    drain.begin(sig.name)
+    drain.arm_watchdog()
+    delay = state.config.pre_stop_delay
+    if delay > 0:
+        logger.info("pre-stop delay: serving %.1f s more before closing the listeners", delay)
+        loop.call_later(delay, _stop_server, state, sig)
+    else:
+        _stop_server(state, sig)
+
+
+def _stop_server(state: _AppState, sig: signal.Signals) -> None:
+    if state.server_stopped:
+        return
+    state.server_stopped = True
+    if state.installed is None or state.installed.chain(sig):
+        return
+    drain = state.drain
+    if drain is not None and drain.stop_awaited:
+        return  # the app awaits shutting_down() and calls runner.cleanup() itself
+    # No server handler for this signal (run_app(handle_signals=False) and SIGTERM, whose
+    # default would kill the process): stop the way aiohttp's own handler does.
+    raise web.GracefulExit()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    state = app[_STATE]
+    drain = state.drain
+    if drain is not None:
+        await drain.wait("shutdown")
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    state = app[_STATE]
+    if state.installed is not None:
+        state.installed.uninstall()
+        state.installed = None
+    drain = state.drain
+    report: DrainReport | None = drain.report if drain is not None else None
+    if report is not None and report.reason.startswith("SIG") and report.exit_code:
+        # Tell the orchestrator that work was abandoned: run_app and gunicorn pass this on.
+        raise SystemExit(report.exit_code)
+
+
+class _GracefulMiddleware:
+    """Protects each request from the first byte of the handler to its response."""
+
+    @property
+    def __middleware_version__(self) -> int:
+        # aiohttp reads this once, as the application freezes after its startup hooks ran:
+        # the one moment before any request where a missing setup() can be noticed.
+        _warn_if_unwired()
+        return 1
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        drain = current_drain()
+        readiness_path = drain.config.readiness_path
+        if readiness_path is not None and request.path == readiness_path:
+            return _readiness(drain)
+        task = asyncio.current_task()
+        assert task is not None
+        work = drain.request_started(f"{request.method} {request.path}", task.cancel)
+        token = _inside_protected.set(True)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if drain.draining:
+                exc.force_close()
+            raise
+        finally:
+            _inside_protected.reset(token)
+            drain.discard(work)
+        if drain.draining:
+            response.force_close()
+        return response
+
+    def __repr__(self) -> str:
+        return "graceful_web.aiohttp.graceful_middleware"
+
+
+def _readiness(drain: Drain) -> web.Response:
+    # Says ready or not ready, nothing more: the path is reachable by anyone.
+    if drain.draining:
+        response = web.Response(status=503, text="draining\n")
+        response.force_close()
+    else:
+        response = web.Response(status=200, text="ready\n")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+_warned_unwired = False
+
+
+def _warn_if_unwired() -> None:
+    global _warned_unwired
+    try:
+        drain = current_drain()
+    except RuntimeError:
+        return
+    if drain.wired or _warned_unwired:
+        return
+    _warned_unwired = True
+    logger.warning(
+        "graceful_middleware is installed but graceful_web.aiohttp.setup(app) was not called: "
+        "requests are tracked but nothing will be drained on shutdown. Call setup(app) "
+        "before running the app."
+    )
+
+
+graceful_middleware = _GracefulMiddleware()
