@@ -244,7 +244,6 @@ class Drain:
         self.deadline: float | None = None
         self.forced = False
         self.wired = False  # an adapter has tied this drain into a server's shutdown
-        self.stop_awaited = False  # the app itself waits for shutting_down() to stop its server
         self.report: DrainReport | None = None
         self._work: set[Work] = set()
         self._requests = 0
@@ -543,7 +542,6 @@ class Drain:
     # -- shutting_down() -----------------------------------------------------------------
 
     async def wait_shutting_down(self) -> None:
-        self.stop_awaited = True
         if self.draining:
             return
         event = anyio.Event()

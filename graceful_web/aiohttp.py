@@ -36,7 +36,9 @@ class _AppState:
     handle_signals: bool
     drain: Drain | None = None
     installed: _signals.Installed | None = None
+    server_task: asyncio.Task[object] | None = None
     server_stopped: bool = False
+    cancelled_server_task: bool = False
 
 
 _STATE = web.AppKey("graceful_web_state", _AppState)
@@ -95,6 +97,7 @@ async def _on_startup(app: web.Application) -> None:
     drain = current_drain()
     drain.configure(state.config)
     state.drain = drain
+    state.server_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if state.handle_signals:
         # aiohttp (run_app, AppRunner(handle_signals=True)) and gunicorn's worker installed
@@ -131,12 +134,13 @@ def _stop_server(state: _AppState, sig: signal.Signals) -> None:
     state.server_stopped = True
     if state.installed is None or state.installed.chain(sig):
         return
-    drain = state.drain
-    if drain is not None and drain.stop_awaited:
-        return  # the app awaits shutting_down() and calls runner.cleanup() itself
-    # No server handler for this signal (run_app(handle_signals=False) and SIGTERM, whose
-    # default would kill the process): stop the way aiohttp's own handler does.
-    raise web.GracefulExit()
+    # No server handler for this signal (an AppRunner whose task waits forever, SIGTERM
+    # whose default would kill the process): cancel the task that started the app, so its
+    # ``finally: await runner.cleanup()`` runs the drain.
+    task = state.server_task
+    if task is not None and not task.done():
+        state.cancelled_server_task = True
+        task.cancel()
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -153,8 +157,11 @@ async def _on_cleanup(app: web.Application) -> None:
         state.installed = None
     drain = state.drain
     report: DrainReport | None = drain.report if drain is not None else None
-    if report is not None and report.reason.startswith("SIG") and report.exit_code:
-        # Tell the orchestrator that work was abandoned: run_app and gunicorn pass this on.
+    if report is None or not report.reason.startswith("SIG"):
+        return
+    if report.exit_code or state.cancelled_server_task:
+        # Tell the orchestrator whether work was abandoned (run_app and gunicorn pass this
+        # on), and end a task we cancelled with its status rather than a CancelledError.
         raise SystemExit(report.exit_code)
 
 

@@ -87,7 +87,8 @@ async def bad_parameters_are_400(request: web.Request, handler: Handler) -> web.
         return web.json_response({"error": str(exc)}, status=400)
 
 
-def make_app() -> web.Application:
+def make_app(**setup_options: Any) -> web.Application:
+    """The demo app; ``setup_options`` go to graceful_web.aiohttp.setup()."""
     app = web.Application(middlewares=[bad_parameters_are_400])
     app.router.add_get("/slow", slow)
     app.router.add_get("/fast", fast)
@@ -96,7 +97,8 @@ def make_app() -> web.Application:
     app.router.add_get("/healthz", healthz)
     if graceful_enabled():
         app.middlewares.append(graceful_middleware)
-        setup(app)  # drain deadline etc. from GRACEFUL_DRAIN_TIMEOUT / GRACEFUL_PRE_STOP_DELAY
+        # Deadline and pre-stop delay come from GRACEFUL_DRAIN_TIMEOUT / GRACEFUL_PRE_STOP_DELAY.
+        setup(app, **setup_options)
     else:
         app.router.add_get("/readyz", ready_without_library)
     return app
