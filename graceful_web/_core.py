@@ -319,10 +319,10 @@ class Drain:
                 self.drained_requests += 1
         else:
             self._jobs -= 1
-            if counted and failed:
-                self.failed_jobs += 1
-            elif counted:
+            if counted:
+                # A job that failed still finished within the drain; it is counted in both.
                 self.drained_jobs += 1
+                self.failed_jobs += failed
         if not self._work:
             self._wake_idle_waiters()
 

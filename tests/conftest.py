@@ -87,6 +87,11 @@ class Server:
             return []
         return self.jobs_file.read_text().splitlines()
 
+    def events(self) -> list[str]:
+        """Lines a test app records besides finished jobs (JOBS_FILE.events)."""
+        path = self.jobs_file.with_name(self.jobs_file.name + ".events")
+        return path.read_text().splitlines() if path.exists() else []
+
     def stats(self) -> dict[str, int]:
         response = httpx.get(f"{self.url}/_stats", timeout=5)
         response.raise_for_status()

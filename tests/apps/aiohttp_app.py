@@ -13,13 +13,19 @@ from typing import Any
 from aiohttp import web
 
 import graceful_web
-from demo_services._contract import append_job_record, configure_logging
+from demo_services._contract import append_job_record, configure_logging, jobs_file
 from demo_services.aiohttp_service import make_app, record_after
 from graceful_web import AbandonedWork, ShutdownInProgress, spawn
 from graceful_web._core import current_drain
 from graceful_web.aiohttp import graceful_middleware
 
 _unprotected: set[asyncio.Task[Any]] = set()
+
+
+def record_event(line: str) -> None:
+    """What the tests check besides finished jobs goes to JOBS_FILE.events."""
+    with open(jobs_file() + ".events", "a") as events:
+        events.write(line + "\n")
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -38,7 +44,7 @@ async def unprotected(request: web.Request) -> web.Response:
         try:
             await asyncio.sleep(ms / 1000)
         except asyncio.CancelledError:
-            append_job_record(f"cancelled:{job_id}")
+            record_event(f"cancelled:{job_id}")
             raise
         append_job_record(job_id)
 
@@ -70,12 +76,12 @@ async def outsider(app: web.Application) -> None:
     try:
         spawn(record_after(0, "outsider-accepted"), name="outsider")
     except ShutdownInProgress as exc:
-        append_job_record(f"outsider-refused: {exc}")
+        record_event(f"outsider-refused: {exc}")
 
 
 def on_abandoned(abandoned: tuple[AbandonedWork, ...]) -> None:
     for work in abandoned:
-        append_job_record(f"abandoned:{work.kind}:{work.name}")
+        record_event(f"abandoned:{work.kind}:{work.name}")
 
 
 async def start_outsider(app: web.Application) -> None:
