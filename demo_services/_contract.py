@@ -4,6 +4,8 @@ GET /slow?ms=N   sleeps N ms, 200          GET /fast      200
 POST /jobs?ms=N&id=X   202; a protected job sleeps N ms, then appends the line X to JOBS_FILE
 GET /healthz     200 while the process runs
 GET /readyz      200 while serving, 503 while draining
+METRICS_PORT=N   Prometheus metrics on 127.0.0.1:N from a thread of their own, so they can be
+                 scraped while the web listener is closed for the drain
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ def append_job_record(line: str) -> None:
 def graceful_enabled() -> bool:
     """GRACEFUL=0 runs the same service without graceful_web, to show what it loses."""
     return os.environ.get("GRACEFUL", "1") not in ("0", "false", "no", "off")
+
+
+def serve_metrics_from_env() -> None:
+    """With METRICS_PORT set, serve the drain metrics (needs graceful-web[prometheus])."""
+    port = os.environ.get("METRICS_PORT")
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    if graceful_enabled():
+        import graceful_web.prometheus
+
+        graceful_web.prometheus.register()
+    start_http_server(int(port), addr="127.0.0.1")
 
 
 def configure_logging() -> None:

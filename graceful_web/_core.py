@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import functools
+import inspect
 import logging
 import math
 import os
@@ -30,7 +32,9 @@ T = TypeVar("T")
 
 DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
 PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
+PROGRESS_INTERVAL_ENV = "GRACEFUL_PROGRESS_INTERVAL"
 DEFAULT_DRAIN_TIMEOUT = 25.0
+DEFAULT_PROGRESS_INTERVAL = 1.0
 
 #: Exit status when the deadline passed and work had to be abandoned (EX_TEMPFAIL:
 #: the orchestrator may retry; it is not 3 or 4, which gunicorn's arbiter treats as boot errors).
@@ -39,6 +43,9 @@ EXIT_ABANDONED = 75
 EXIT_HARD = 70
 #: How long cancelled work may take to unwind after the deadline before the hard exit.
 CANCEL_GRACE = 1.0
+#: How long ``on_drain_finished`` may run when the deadline has already passed (or after a
+#: second signal); well inside the watchdog's margin.
+LATE_HOOK_TIME = 0.5
 
 WorkKind = Literal["request", "job"]
 
@@ -113,6 +120,17 @@ def _check_seconds(name: str, value: float, *, allow_zero: bool) -> float:
 
 
 AbandonedCallback = Callable[[tuple[AbandonedWork, ...]], "Awaitable[None] | None"]
+#: Called with the reason (e.g. ``"SIGTERM"``) the moment the drain starts.
+DrainStartedCallback = Callable[[str], "Awaitable[None] | None"]
+#: Called with the ``DrainReport`` once the drain has finished.
+DrainFinishedCallback = Callable[[DrainReport], "Awaitable[None] | None"]
+
+
+def _check_callback(name: str, callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"{name} must be callable (a function or an async function), got {callback!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,9 @@ class Config:
     on_abandoned: AbandonedCallback | None = None
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
     readiness_path: str | None = "/readyz"
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # 0 turns the progress lines off
+    on_drain_started: DrainStartedCallback | None = None
+    on_drain_finished: DrainFinishedCallback | None = None
 
     @classmethod
     def build(
@@ -138,6 +159,9 @@ class Config:
         on_abandoned: AbandonedCallback | None = None,
         signals: Iterable[signal.Signals | int | str] | None = None,
         readiness_path: str | None = "/readyz",
+        progress_interval: float | None = None,
+        on_drain_started: DrainStartedCallback | None = None,
+        on_drain_finished: DrainFinishedCallback | None = None,
     ) -> Config:
         if drain_timeout is None:
             drain_timeout = _env_seconds(DRAIN_TIMEOUT_ENV)
@@ -164,6 +188,18 @@ class Config:
             )
         if on_abandoned is not None and not callable(on_abandoned):
             raise TypeError(f"on_abandoned must be callable, got {on_abandoned!r}")
+        _check_callback("on_drain_started", on_drain_started)
+        _check_callback("on_drain_finished", on_drain_finished)
+        if progress_interval is None:
+            progress_interval = _env_seconds(PROGRESS_INTERVAL_ENV)
+            interval_name = PROGRESS_INTERVAL_ENV
+        else:
+            interval_name = "progress_interval"
+        interval = _check_seconds(
+            interval_name,
+            DEFAULT_PROGRESS_INTERVAL if progress_interval is None else progress_interval,
+            allow_zero=True,
+        )
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
         ):
@@ -177,6 +213,9 @@ class Config:
             pre_stop_delay=delay,
             on_abandoned=on_abandoned,
             signals=parse_signals(signals),
+            progress_interval=interval,
+            on_drain_started=on_drain_started,
+            on_drain_finished=on_drain_finished,
         )
 
 
@@ -258,6 +297,12 @@ class Drain:
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._watchdog: threading.Timer | None = None
         self._strong_jobs: set[asyncio.Task[Any]] = set()
+        # What watches the drain (progress lines, the drain-started hook) runs only from
+        # begin() to the end of the drain: nothing of it exists while serving.
+        self._watchers: set[asyncio.Task[Any]] = set()
+        self._watcher_scopes: set[anyio.CancelScope] = set()
+        self._started_hook_running = False
+        self._started_hook_waiters: list[Callable[[], None]] = []
 
     # -- state ---------------------------------------------------------------------------
 
@@ -399,7 +444,121 @@ class Drain:
         waiters, self._shutdown_waiters = self._shutdown_waiters, []
         for wake in waiters:
             wake()
+        self._start_watchers()
         return True
+
+    # -- watching the drain: progress lines and the drain-started hook -------------------
+
+    def _start_watchers(self) -> None:
+        started_hook = self.config.on_drain_started
+        if started_hook is not None:
+            try:
+                result = started_hook(self.reason)
+            except Exception:
+                logger.exception("on_drain_started hook failed")
+            else:
+                if inspect.isawaitable(result):
+                    self._started_hook_running = True
+                    hook = functools.partial(self._await_started_hook, result)
+                    if not self._start_watcher(hook):
+                        self._started_hook_done()
+                        if inspect.iscoroutine(result):
+                            result.close()
+        if self.config.progress_interval > 0:
+            self._start_watcher(self._report_progress)
+
+    def _start_watcher(self, watcher: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``watcher`` beside the loop's other tasks, under asyncio or trio."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            task = loop.create_task(self._watch(watcher), name="graceful_web drain watcher")
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+            return True
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                trio.lowlevel.spawn_system_task(self._watch, watcher)
+                return True
+            except RuntimeError:
+                pass
+        return False  # begin() was called outside any event loop: nothing can run beside it
+
+    async def _watch(self, watcher: Callable[[], Awaitable[None]]) -> None:
+        with anyio.CancelScope() as scope:
+            self._watcher_scopes.add(scope)
+            if self.report is not None:
+                scope.cancel()  # the drain ended before this started: stop at the first await
+            try:
+                await watcher()
+            except Exception:
+                logger.exception("watching the drain failed")
+            finally:
+                self._watcher_scopes.discard(scope)
+
+    async def _await_started_hook(self, pending: Awaitable[object]) -> None:
+        try:
+            with anyio.move_on_after(self.remaining()) as scope:
+                await pending
+            if scope.cancelled_caught:
+                logger.warning("on_drain_started hook was still running at the deadline: cancelled")
+        except Exception:
+            logger.exception("on_drain_started hook failed")
+        finally:
+            self._started_hook_done()
+
+    def _started_hook_done(self) -> None:
+        self._started_hook_running = False
+        waiters, self._started_hook_waiters = self._started_hook_waiters, []
+        for wake in waiters:
+            wake()
+
+    async def _wait_started_hook(self) -> None:
+        if not self._started_hook_running or self.forced:
+            return
+        event = anyio.Event()
+        self._started_hook_waiters.append(event.set)
+        with anyio.move_on_after(self.remaining()):
+            await event.wait()
+
+    async def _report_progress(self) -> None:
+        interval = self.config.progress_interval
+        next_at = anyio.current_time() + interval
+        while self.phase is Phase.DRAINING:
+            await anyio.sleep_until(next_at)
+            next_at = max(next_at + interval, anyio.current_time())
+            if self.phase is Phase.DRAINING and self._work:
+                self._log_progress()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        oldest = min(self._work, key=lambda work: work.started)
+        age = now - oldest.started
+        remaining = self.remaining()
+        logger.info(
+            "draining: %d requests and %d jobs left, oldest %s %r (%.1f s), %.1f s to the deadline",
+            self._requests,
+            self._jobs,
+            oldest.kind,
+            oldest.name,
+            age,
+            remaining,
+            extra={
+                "graceful_requests": self._requests,
+                "graceful_jobs": self._jobs,
+                "graceful_oldest_kind": oldest.kind,
+                "graceful_oldest_name": oldest.name,
+                "graceful_oldest_age_s": round(age, 3),
+                "graceful_remaining_s": round(remaining, 3),
+            },
+        )
+
+    def _stop_watchers(self) -> None:
+        for scope in list(self._watcher_scopes):
+            scope.cancel()
 
     def arm_watchdog(self) -> None:
         """Guarantee the process ends by deadline + grace even if work ignores cancellation
@@ -478,6 +637,7 @@ class Drain:
             if self._work:
                 # Cancelled work gets a moment to unwind (finally blocks, rollbacks).
                 await self._wait_idle(CANCEL_GRACE)
+            await self._wait_started_hook()
         except BaseException:
             # The drain itself was cancelled (e.g. the loop is being torn down): report
             # what is being lost rather than lose it silently.
@@ -487,6 +647,7 @@ class Drain:
             raise
         report = self._finish()
         await self._notify_abandoned(report)
+        await self._notify_finished(report)
         return report
 
     def _finish(self) -> DrainReport:
@@ -506,6 +667,12 @@ class Drain:
             forced=self.forced,
         )
         self.report = report
+        self._stop_watchers()
+        for listener in tuple(_report_listeners):
+            try:
+                listener(self, report)
+            except Exception:
+                logger.exception("drain report listener failed")
         log = logger.warning if report.abandoned else logger.info
         log(
             "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
@@ -539,6 +706,25 @@ class Drain:
         except Exception:
             logger.exception("on_abandoned callback failed")
 
+    async def _notify_finished(self, report: DrainReport) -> None:
+        hook = self.config.on_drain_finished
+        if hook is None:
+            return
+        # Bounded by the deadline; when it has passed (or after a second signal) the hook
+        # still gets a short moment, well before the watchdog's hard exit.
+        budget = LATE_HOOK_TIME if self.forced else max(self.remaining(), LATE_HOOK_TIME)
+        try:
+            with anyio.move_on_after(budget) as scope:
+                result = hook(report)
+                if inspect.isawaitable(result):
+                    await result
+            if scope.cancelled_caught:
+                logger.warning(
+                    "on_drain_finished hook was still running after %.1f s: cancelled", budget
+                )
+        except Exception:
+            logger.exception("on_drain_finished hook failed")
+
     # -- shutting_down() -----------------------------------------------------------------
 
     async def wait_shutting_down(self) -> None:
@@ -569,6 +755,10 @@ def _hard_exit(drain: Drain) -> None:
 
 # One Drain per event loop, so independent loops (tests, threads) never share state.
 _drains: weakref.WeakKeyDictionary[object, Drain] = weakref.WeakKeyDictionary()
+
+# Told of every finished drain, once, as the report is made (the metrics module listens here;
+# empty unless it is used).
+_report_listeners: list[Callable[[Drain, DrainReport], None]] = []
 
 
 def _loop_key() -> object:

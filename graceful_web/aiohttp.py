@@ -19,7 +19,16 @@ from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
 from . import _signals
-from ._core import AbandonedCallback, Config, Drain, DrainReport, _inside_protected, current_drain
+from ._core import (
+    AbandonedCallback,
+    Config,
+    Drain,
+    DrainFinishedCallback,
+    DrainReport,
+    DrainStartedCallback,
+    _inside_protected,
+    current_drain,
+)
 
 __all__ = ["graceful_middleware", "setup"]
 
@@ -65,6 +74,9 @@ def setup(
     on_abandoned: AbandonedCallback | None = None,
     signals: Iterable[signal.Signals | int | str] | None = None,
     handle_signals: bool = True,
+    progress_interval: float | None = None,
+    on_drain_started: DrainStartedCallback | None = None,
+    on_drain_finished: DrainFinishedCallback | None = None,
 ) -> None:
     """Tie graceful draining into ``app``'s startup and shutdown.
 
@@ -73,6 +85,11 @@ def setup(
     drain; ``pre_stop_delay`` (else ``GRACEFUL_PRE_STOP_DELAY``, else 0) keeps serving, with
     readiness answering 503, before the listeners close. ``handle_signals=False`` leaves the
     signals to you: start the drain by calling ``runner.cleanup()``.
+
+    While draining, a progress line is logged every ``progress_interval`` seconds (else
+    ``GRACEFUL_PROGRESS_INTERVAL``, else 1; 0 turns it off). ``on_drain_started(reason)`` and
+    ``on_drain_finished(report)``, plain or async, run as the drain starts and ends, each
+    bounded by the deadline.
     """
     _check_aiohttp_version()
     if not isinstance(app, web.Application):
@@ -85,6 +102,9 @@ def setup(
         on_abandoned=on_abandoned,
         signals=signals,
         readiness_path=readiness_path,
+        progress_interval=progress_interval,
+        on_drain_started=on_drain_started,
+        on_drain_finished=on_drain_finished,
     )
     app[_STATE] = _AppState(config=config, handle_signals=handle_signals)
     if graceful_middleware not in app.middlewares:

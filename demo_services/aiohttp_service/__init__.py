@@ -105,9 +105,10 @@ def make_app(**setup_options: Any) -> web.Application:
 
 
 def main() -> None:
-    from .._contract import configure_logging
+    from .._contract import configure_logging, serve_metrics_from_env
 
     configure_logging()
+    serve_metrics_from_env()
     web.run_app(
         make_app(),
         host=os.environ.get("HOST", "127.0.0.1"),
