@@ -521,7 +521,8 @@ class Drain:
             return
         event = anyio.Event()
         self._started_hook_waiters.append(event.set)
-        with anyio.move_on_after(self.remaining()):
+        # The hook cancels itself at the deadline; the grace covers its unwinding.
+        with anyio.move_on_after(self.remaining() + CANCEL_GRACE):
             await event.wait()
 
     async def _report_progress(self) -> None:
@@ -666,13 +667,13 @@ class Drain:
             duration=duration,
             forced=self.forced,
         )
-        self.report = report
-        self._stop_watchers()
         for listener in tuple(_report_listeners):
             try:
                 listener(self, report)
             except Exception:
                 logger.exception("drain report listener failed")
+        self.report = report
+        self._stop_watchers()
         log = logger.warning if report.abandoned else logger.info
         log(
             "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "

@@ -79,7 +79,7 @@ class DrainCollector(Collector):
                 requests += drain.requests_in_flight
                 jobs += drain.jobs_in_flight
                 states[drain.phase.value] += 1
-                if drain.started_at is None or drain in self._reported:
+                if drain.started_at is None or drain.report is not None or drain in self._reported:
                     continue
                 # A drain still running: its work counts the moment it finishes.
                 drained["request"] += drain.drained_requests

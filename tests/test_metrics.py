@@ -1,0 +1,148 @@
+"""Prometheus metrics of the drain, scraped from real demo services while they drain."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import signal
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import graceful_web.prometheus
+from graceful_web import spawn
+from graceful_web._core import Config, current_drain
+
+from ._watch import post_job, slow_request
+from .conftest import ROOT, StartServer, free_port, wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+SERVICES = [
+    name
+    for name in ("demo_services.aiohttp_service", "demo_services.asgi_service")
+    if importlib.util.find_spec(name) is not None
+]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(port: int) -> Samples:
+    return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_metrics_move_during_a_real_drain(start_server: StartServer, service: str) -> None:
+    metrics_port = free_port()
+    server = start_server(service, env={"METRICS_PORT": str(metrics_port)})
+    short, long = slow_request(server, 1000), slow_request(server, 4000)
+    post_job(server, "m-short", 1000)
+    post_job(server, "m-long", 4000)
+    wait_until(
+        lambda: value(scrape(metrics_port), "graceful_requests_in_flight") == 2,
+        10,
+        "two requests in flight",
+    )
+    serving = scrape(metrics_port)
+    assert value(serving, "graceful_jobs_in_flight") == 2
+    assert value(serving, "graceful_drain_state", state="serving") == 1
+    assert value(serving, "graceful_drained_total", kind="request") == 0
+
+    server.send(signal.SIGTERM)
+    seen: list[Samples] = []
+
+    def short_ones_drained() -> bool:
+        seen.append(scrape(metrics_port))
+        return (
+            value(seen[-1], "graceful_drained_total", kind="request") == 1
+            and value(seen[-1], "graceful_drained_total", kind="job") == 1
+        )
+
+    wait_until(short_ones_drained, 10, "the short request and job to be counted as drained")
+    draining = seen[-1]
+    assert value(draining, "graceful_drain_state", state="draining") == 1
+    assert value(draining, "graceful_requests_in_flight") == 1
+    assert value(draining, "graceful_jobs_in_flight") == 1
+    assert value(draining, "graceful_abandoned_total", kind="job") == 0
+    assert server.wait_exit() == 0
+    assert short.result().status_code == long.result().status_code == 200
+    assert sorted(server.jobs()) == ["m-long", "m-short"]
+
+
+async def test_a_finished_drain_lands_in_the_histogram_and_the_counters_by_kind() -> None:
+    registry = CollectorRegistry()
+    graceful_web.prometheus.register(registry)
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=0.3, progress_interval=0))
+    spawn(asyncio.sleep(0.05), name="quick")
+    spawn(asyncio.sleep(30), name="stuck")
+    drain.request_started("GET /stuck", lambda: None)  # never ends: abandoned at the deadline
+    await drain.wait("test")
+
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "graceful_drain_duration_seconds_count") == 1
+    assert value(samples, "graceful_drain_duration_seconds_bucket", le="0.1") == 0
+    assert value(samples, "graceful_drain_duration_seconds_bucket", le="+Inf") == 1
+    assert value(samples, "graceful_drained_total", kind="job") == 1
+    assert value(samples, "graceful_abandoned_total", kind="job") == 1
+    assert value(samples, "graceful_abandoned_total", kind="request") == 1
+
+
+def test_register_twice_returns_the_same_collector() -> None:
+    registry = CollectorRegistry()
+    first = graceful_web.prometheus.register(registry)
+    assert graceful_web.prometheus.register(registry) is first
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_core_and_the_adapter_never_import_prometheus_client() -> None:
+    result = run_python(
+        """
+        import asyncio, sys
+        import graceful_web, graceful_web.aiohttp
+        from graceful_web._core import current_drain
+
+        async def main():
+            current_drain().spawn(asyncio.sleep(0.01))
+            await current_drain().wait("test")
+
+        asyncio.run(main())
+        print("prometheus_client" in sys.modules)
+        """
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_without_prometheus_client_the_error_names_the_extra() -> None:
+    result = run_python(
+        """
+        import sys
+        sys.modules["prometheus_client"] = None
+        import graceful_web.prometheus
+        """
+    )
+    assert "pip install 'graceful-web[prometheus]'" in result.stderr

@@ -1,0 +1,122 @@
+"""Progress lines while draining: counts, the oldest piece of work, time left, as JSON fields."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import anyio
+import pytest
+
+from graceful_web._core import Config, current_drain
+
+from ._watch import json_records, post_job, progress_records, slow_request
+from .conftest import StartServer
+
+APP = "tests.apps.watch_app"
+FIELDS = {
+    "graceful_requests",
+    "graceful_jobs",
+    "graceful_oldest_kind",
+    "graceful_oldest_name",
+    "graceful_oldest_age_s",
+    "graceful_remaining_s",
+}
+
+
+def test_draining_logs_progress_with_counts_oldest_and_time_left_as_json_fields(
+    start_server: StartServer,
+) -> None:
+    server = start_server(
+        APP, env={"GRACEFUL_PROGRESS_INTERVAL": "0.2", "GRACEFUL_DRAIN_TIMEOUT": "20"}
+    )
+    pending = slow_request(server, 2000)
+    server.wait_in_flight(requests=1)
+    post_job(server, "p1", 800)
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert pending.result().status_code == 200
+
+    progress = progress_records(server)
+    assert len(progress) >= 3, server.log()
+    assert all(record.keys() >= FIELDS for record in progress), progress[0]
+    first, last = progress[0], progress[-1]
+    assert (first["graceful_requests"], first["graceful_jobs"]) == (1, 1)
+    assert (last["graceful_requests"], last["graceful_jobs"]) == (1, 0)  # the job ended first
+    # The request came before the job: it is the oldest, and it ages while the deadline nears.
+    assert {r["graceful_oldest_name"] for r in progress} == {"GET /slow"}
+    assert {r["graceful_oldest_kind"] for r in progress} == {"request"}
+    ages = [r["graceful_oldest_age_s"] for r in progress]
+    remaining = [r["graceful_remaining_s"] for r in progress]
+    assert ages == sorted(ages) and ages[0] < ages[-1]
+    assert remaining == sorted(remaining, reverse=True) and remaining[0] <= 20
+    assert "draining: 1 requests and 1 jobs left, oldest request 'GET /slow'" in first["message"]
+
+
+def test_progress_is_silent_when_nothing_is_left(start_server: StartServer) -> None:
+    # A slow drain-started hook keeps the drain open with no protected work in flight.
+    server = start_server(
+        APP,
+        env={"GRACEFUL_PROGRESS_INTERVAL": "0.1", "STARTED_HOOK": "slow", "HOOK_MS": "1000"},
+    )
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "started-hook-done" in server.events()  # the drain lasted ten intervals
+    messages = [r["message"] for r in json_records(server)]
+    assert any(m.startswith("drain finished") for m in messages), messages
+    assert progress_records(server) == []
+
+
+def test_progress_interval_comes_from_code_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRACEFUL_PROGRESS_INTERVAL", raising=False)
+    assert Config.build().progress_interval == 1.0
+    monkeypatch.setenv("GRACEFUL_PROGRESS_INTERVAL", "0.5")
+    assert Config.build().progress_interval == 0.5
+    assert Config.build(progress_interval=0).progress_interval == 0.0  # code wins; 0 is off
+
+
+def test_bad_progress_interval_is_refused_at_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="progress_interval must be zero or more seconds"):
+        Config.build(progress_interval=-1)
+    monkeypatch.setenv("GRACEFUL_PROGRESS_INTERVAL", "often")
+    with pytest.raises(ValueError, match="GRACEFUL_PROGRESS_INTERVAL='often' is not a number"):
+        Config.build()
+
+
+async def test_nothing_watches_the_drain_while_serving() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=5, progress_interval=0.05))
+    before = asyncio.all_tasks()
+    await asyncio.sleep(0.2)
+    assert asyncio.all_tasks() == before  # serving: no reporter exists
+    drain.begin("test")
+    watchers = asyncio.all_tasks() - before
+    assert [task.get_name() for task in watchers] == ["graceful_web drain watcher"]
+    await drain.wait("test")
+    await asyncio.sleep(0)
+    assert all(task.done() for task in watchers)  # and it ends with the drain
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_progress_is_reported_under_asyncio_and_trio(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def drain_one_request() -> None:
+        drain = current_drain()
+        drain.configure(Config.build(drain_timeout=5, progress_interval=0.05))
+        work = drain.request_started("GET /report", lambda: None)
+
+        async def finish_later() -> None:
+            await anyio.sleep(0.3)
+            drain.discard(work)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(finish_later)
+            await drain.wait("test")
+
+    with caplog.at_level(logging.INFO, logger="graceful_web"):
+        anyio.run(drain_one_request, backend=backend)
+    progress = [r for r in caplog.records if r.getMessage().startswith("draining:")]
+    assert len(progress) >= 2
+    assert {getattr(r, "graceful_oldest_name", None) for r in progress} == {"GET /report"}
