@@ -484,8 +484,8 @@ def show(console: Console, runs: list[Run]) -> None:
         log = service_log(run)
         if log:
             console.print(" what the service logged (logger graceful_web):", style="dim")
-            for line in log:
-                console.print(Padding(Text(line, style="dim"), (0, 0, 0, 3), expand=False))
+            for entry in log:
+                console.print(Padding(Text(entry, style="dim"), (0, 0, 0, 3), expand=False))
     console.print()
     console.print(summary(runs, g))
 
