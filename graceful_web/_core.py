@@ -522,7 +522,8 @@ class Drain:
         event = anyio.Event()
         self._started_hook_waiters.append(event.set)
         # The hook cancels itself at the deadline; the grace covers its unwinding.
-        with anyio.move_on_after(self.remaining() + CANCEL_GRACE):
+        deadline = self.deadline if self.deadline is not None else time.monotonic()
+        with anyio.move_on_after(max(0.0, deadline + CANCEL_GRACE - time.monotonic())):
             await event.wait()
 
     async def _report_progress(self) -> None:
