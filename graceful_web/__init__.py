@@ -15,6 +15,7 @@ from ._core import (
     shutting_down,
     spawn,
 )
+from ._run import run
 
 __all__ = [
     "EXIT_ABANDONED",
@@ -23,6 +24,7 @@ __all__ = [
     "DrainReport",
     "ShutdownInProgress",
     "protect",
+    "run",
     "shutting_down",
     "spawn",
 ]

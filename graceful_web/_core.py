@@ -256,13 +256,20 @@ def parse_signals(
 class Work:
     """One piece of protected work: an in-flight request or a background job."""
 
-    __slots__ = ("__weakref__", "cancel", "kind", "name", "started")
+    __slots__ = ("__weakref__", "cancel", "future", "kind", "name", "started")
 
-    def __init__(self, kind: WorkKind, name: str, cancel: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        kind: WorkKind,
+        name: str,
+        cancel: Callable[[], object],
+        future: asyncio.Future[Any] | None = None,
+    ) -> None:
         self.kind = kind
         self.name = name
         self.started = time.monotonic()
         self.cancel = cancel
+        self.future = future  # the job's task or future, so a runner can tell it from the rest
 
 
 # True inside a request or job that is itself protected: work it spawns during the drain is
@@ -317,6 +324,10 @@ class Drain:
     @property
     def jobs_in_flight(self) -> int:
         return self._jobs
+
+    def protected_futures(self) -> set[asyncio.Future[Any]]:
+        """The tasks and futures of the protected jobs in flight."""
+        return {work.future for work in self._work if work.future is not None}
 
     def remaining(self) -> float:
         if self.deadline is None:
@@ -397,7 +408,7 @@ class Drain:
         context = contextvars.copy_context()
         context.run(_inside_protected.set, True)
         task: asyncio.Task[T] = loop.create_task(coro, name=name, context=context)
-        work = Work("job", task.get_name(), task.cancel)
+        work = Work("job", task.get_name(), task.cancel, task)
         self.add(work)
         # The loop keeps only weak references to tasks: hold the job until it is done.
         self._strong_jobs.add(task)
@@ -815,7 +826,7 @@ def protect(awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Futu
         return future
     drain._admit("job")
     label = name or (future.get_name() if isinstance(future, asyncio.Task) else repr(future))
-    work = Work("job", label, future.cancel)
+    work = Work("job", label, future.cancel, future)
     drain.add(work)
 
     def _done(done: asyncio.Future[Any]) -> None:
