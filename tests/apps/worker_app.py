@@ -8,6 +8,7 @@ It starts PROTECTED jobs (spawn) and UNPROTECTED tasks (create_task) of JOB_MS e
   raise      raise RuntimeError("main failed")
   exit       sys.exit(3)
   fan-out    spawn one more job that gathers two child tasks, then wait until stopped
+  stubborn   spawn one more job that swallows every cancellation, then wait until stopped
 Finished jobs append their id to JOBS_FILE; cancellations go to JOBS_FILE.events.
 """
 
@@ -41,6 +42,14 @@ async def fan_out(ms: int) -> None:
     append_job_record("fan-out")
 
 
+async def stubborn() -> None:
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            record_event("stubborn-ignored-cancel")
+
+
 async def main() -> str:
     ms = int(os.environ.get("JOB_MS", "2000"))
     mode = os.environ.get("MAIN", "forever")
@@ -67,6 +76,8 @@ async def main() -> str:
             sys.exit(3)
         if mode == "fan-out":
             graceful_web.spawn(fan_out(ms), name="fan-out")
+        if mode == "stubborn":
+            graceful_web.spawn(stubborn(), name="stubborn")
         await asyncio.Event().wait()
     except asyncio.CancelledError:
         record_event("main-cancelled")
