@@ -89,6 +89,12 @@ async def big(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def upload(request: web.Request) -> web.Response:
+    """Reads the whole body: a client that sends it slowly keeps this request in flight."""
+    body = await request.read()
+    return web.Response(text=f"read {len(body)} bytes\n")
+
+
 async def spawn_then_slow(request: web.Request) -> web.Response:
     """Spawns a job first, then takes ``ms`` more before answering."""
     job_id = request.query["id"]
@@ -198,6 +204,7 @@ def build() -> web.Application:
     app.router.add_get("/spawn-after", spawn_after)
     app.router.add_post("/failing", failing)
     app.router.add_get("/big", big)
+    app.router.add_post("/upload", upload)
     app.router.add_get("/spawn-then-slow", spawn_then_slow)
     app.router.add_post("/misbehaving", misbehaving)
     app.on_startup.append(start_outsider)
