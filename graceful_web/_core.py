@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 
@@ -87,6 +87,44 @@ class DrainReport:
             if signum is not None:
                 return 128 + int(signum)
         return EXIT_ABANDONED if self.abandoned else 0
+
+
+class TrioJob(Generic[T]):
+    """What ``spawn`` returns under trio: the job's handle, shaped like a small task."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._scope: Any = None
+        self._done = anyio.Event()
+        self._result: T | None = None
+        self._exception: BaseException | None = None
+        self._cancelled = False
+
+    def get_name(self) -> str:
+        return self._name
+
+    def cancel(self) -> bool:
+        if self._scope is None or self._done.is_set():
+            return False
+        self._scope.cancel()
+        return True
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def result(self) -> T:
+        if not self._done.is_set():
+            raise RuntimeError(f"job {self._name!r} has not finished")
+        if self._exception is not None:
+            raise self._exception
+        return self._result  # type: ignore[return-value]
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        return self.result()
 
 
 class Phase(enum.Enum):
@@ -404,9 +442,12 @@ class Drain:
         except ShutdownInProgress:
             coro.close()  # never awaited, so close it rather than leave a warning behind
             raise
-        loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         context.run(_inside_protected.set, True)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._spawn_trio(coro, name, context)
         task: asyncio.Task[T] = loop.create_task(coro, name=name, context=context)
         work = Work("job", task.get_name(), task.cancel, task)
         self.add(work)
@@ -414,6 +455,45 @@ class Drain:
         self._strong_jobs.add(task)
         task.add_done_callback(lambda done: self._job_done(work, done))
         return task
+
+    def _spawn_trio(
+        self, coro: Coroutine[Any, Any, T], name: str | None, context: contextvars.Context
+    ) -> asyncio.Task[T]:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            coro.close()
+            raise RuntimeError("spawn() needs a running asyncio or trio event loop")
+        job: TrioJob[T] = TrioJob(name or str(getattr(coro, "__qualname__", "job")))
+        work = Work("job", job.get_name(), job.cancel)
+        self.add(work)
+
+        async def run_job() -> None:
+            failed = False
+            with trio.CancelScope() as scope:
+                job._scope = scope
+                try:
+                    job._result = await coro
+                except trio.Cancelled:
+                    job._cancelled = True
+                    raise
+                except BaseException as exc:
+                    # A system task must not raise: it would crash the whole trio run.
+                    failed = True
+                    job._exception = exc
+                    logger.error(
+                        "protected job %r failed",
+                        work.name,
+                        exc_info=(type(exc), exc, exc.__traceback__),
+                    )
+                finally:
+                    job._done.set()
+                    self.discard(work, failed=failed)
+
+        # A system task lives as long as the run, outside any request's nursery, which is what
+        # a job started from a request needs.
+        trio.lowlevel.spawn_system_task(run_job, name=work.name, context=context)
+        # Under trio the handle is a TrioJob (cancel(), done(), result(), await wait()).
+        return job  # type: ignore[return-value]
 
     def _job_done(self, work: Work, task: asyncio.Task[Any]) -> None:
         self._strong_jobs.discard(task)

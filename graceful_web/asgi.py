@@ -1,0 +1,555 @@
+"""ASGI adapter: ``GracefulLifespan(app)`` protects every request of any ASGI 3 app and drains
+protected work before the server's own shutdown can cancel it.
+
+Servers stop in roughly this order: a signal handler notes the stop, the listeners close,
+open connections are waited for (uvicorn: forever by default; hypercorn: ``graceful_timeout``),
+the lifespan ``shutdown`` is sent, and finally the event loop is torn down, cancelling every
+task left. The drain therefore starts in the signal handler (chained in front of the
+server's own) and its end is awaited inside lifespan ``shutdown``, before the inner app's own
+shutdown and before anything is torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import inspect
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import anyio
+
+from . import _signals
+from ._core import (
+    AbandonedCallback,
+    Config,
+    Drain,
+    DrainFinishedCallback,
+    DrainReport,
+    DrainStartedCallback,
+    Phase,
+    Work,
+    _inside_protected,
+    current_drain,
+)
+
+__all__ = ["GracefulLifespan"]
+
+logger = logging.getLogger("graceful_web")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Websockets still open this long after the drain started are closed with 1001 (Going Away),
+#: unless the drain timeout is shorter (then half of it).
+DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
+#: How often a worker of a multi-process hypercorn looks at its parent's stop event.
+SHUTDOWN_EVENT_POLL = 0.05
+
+_READY = b"ready\n"
+_DRAINING = b"draining\n"
+_READINESS_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class GracefulLifespan:
+    """Wrap an ASGI 3 application so restarts lose nothing.
+
+    ``drain_timeout`` (else ``GRACEFUL_DRAIN_TIMEOUT``, else 25 s) is the one deadline from the
+    stop signal to the end of the drain; ``pre_stop_delay`` (else ``GRACEFUL_PRE_STOP_DELAY``,
+    else 0) keeps serving, readiness answering 503, before the server is told to stop.
+    Websockets still open ``websocket_close_grace`` seconds into the drain are closed with
+    1001. ``handle_signals=False`` leaves the signals to the server alone: the drain then
+    starts at lifespan shutdown.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        drain_timeout: float | None = None,
+        pre_stop_delay: float | None = None,
+        readiness_path: str | None = "/readyz",
+        websocket_close_grace: float | None = None,
+        on_abandoned: AbandonedCallback | None = None,
+        signals: Iterable[signal.Signals | int | str] | None = None,
+        handle_signals: bool = True,
+        progress_interval: float | None = None,
+        on_drain_started: DrainStartedCallback | None = None,
+        on_drain_finished: DrainFinishedCallback | None = None,
+    ) -> None:
+        _check_asgi3(app)
+        self.app = app
+        self.config = Config.build(
+            drain_timeout=drain_timeout,
+            pre_stop_delay=pre_stop_delay,
+            on_abandoned=on_abandoned,
+            signals=signals,
+            readiness_path=readiness_path,
+            progress_interval=progress_interval,
+            on_drain_started=on_drain_started,
+            on_drain_finished=on_drain_finished,
+        )
+        if websocket_close_grace is None:
+            websocket_close_grace = min(
+                DEFAULT_WEBSOCKET_CLOSE_GRACE, self.config.drain_timeout / 2
+            )
+        elif isinstance(websocket_close_grace, bool) or not isinstance(
+            websocket_close_grace, (int, float)
+        ):
+            raise TypeError(
+                f"websocket_close_grace must be a number of seconds, got {websocket_close_grace!r}"
+            )
+        elif not 0 <= websocket_close_grace < self.config.drain_timeout:
+            raise ValueError(
+                f"websocket_close_grace ({websocket_close_grace:g} s) must be zero or more and "
+                f"shorter than drain_timeout ({self.config.drain_timeout:g} s)"
+            )
+        self.websocket_close_grace = float(websocket_close_grace)
+        self.handle_signals = handle_signals
+        self._readiness_path = self.config.readiness_path
+
+    def __repr__(self) -> str:
+        return f"GracefulLifespan({self.app!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "http":
+            await self._http(scope, receive, send)
+        elif scope_type == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope_type == "lifespan":
+            await _Lifespan(self, scope, receive, send).run()
+        else:
+            await self.app(scope, receive, send)
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        drain = current_drain()
+        if self._readiness_path is not None and scope["path"] == self._readiness_path:
+            await _answer_readiness(drain, send)
+            return
+        name = f"{scope['method']} {scope['path']}"
+        task = _current_asyncio_task()
+        if task is None:
+            # trio: cancelling the request means cancelling a scope around it.
+            with anyio.CancelScope() as request_scope:
+                await self._http_protected(
+                    drain, drain.request_started(name, request_scope.cancel), scope, receive, send
+                )
+            return
+        await self._http_protected(
+            drain, drain.request_started(name, task.cancel), scope, receive, send
+        )
+
+    async def _http_protected(
+        self, drain: Drain, work: Work, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        async def send_closing_when_draining(message: Message) -> None:
+            # Once draining, the connection must not be reused: the client's next request
+            # goes to another instance instead of to a closing socket.
+            if message["type"] == "http.response.start" and drain.phase is not Phase.SERVING:
+                message = _with_connection_close(message)
+            await send(message)
+
+        token = _inside_protected.set(True)
+        try:
+            # Starlette/FastAPI background tasks run inside this call, after the response:
+            # they are protected for as long as the request is.
+            await self.app(scope, receive, send_closing_when_draining)
+        finally:
+            _inside_protected.reset(token)
+            drain.discard(work)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        drain = current_drain()
+        path = scope.get("path", "")
+        send_lock = anyio.Lock()
+        closed_by_us = False
+        app_done = False
+
+        async def locked_send(message: Message) -> None:
+            async with send_lock:
+                await send(message)
+
+        async def close_when_grace_is_over(app_scope: anyio.CancelScope) -> None:
+            nonlocal closed_by_us
+            await drain.wait_shutting_down()
+            await anyio.sleep(self.websocket_close_grace)
+            if app_done or drain.forced:
+                return
+            closed_by_us = True
+            logger.info("closing websocket %s with 1001 (going away): drain grace is over", path)
+            with contextlib.suppress(Exception):
+                async with send_lock:
+                    await send({"type": "websocket.close", "code": 1001, "reason": "going away"})
+            app_scope.cancel()
+
+        token = _inside_protected.set(True)
+        outer = anyio.CancelScope()
+        work = drain.request_started(f"WEBSOCKET {path}", outer.cancel)
+        try:
+            with outer:
+                async with anyio.create_task_group() as task_group:
+                    app_scope = anyio.CancelScope()
+                    task_group.start_soon(close_when_grace_is_over, app_scope)
+                    try:
+                        with app_scope:
+                            await self.app(scope, receive, locked_send)
+                    except Exception:
+                        if not closed_by_us:
+                            raise
+                    finally:
+                        app_done = True
+                        task_group.cancel_scope.cancel()
+        finally:
+            _inside_protected.reset(token)
+            drain.discard(work)
+
+
+class _Lifespan:
+    """One lifespan conversation: the server on one side, the inner app on the other, the
+    drain in between."""
+
+    def __init__(self, owner: GracefulLifespan, scope: Scope, receive: Receive, send: Send):
+        self.owner = owner
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.drain: Drain | None = None
+        self.installed: _signals.Installed | None = None
+        self.signalled = False  # the drain was started by a stop signal (or the server's stop)
+        # uvicorn re-raises the stop signal once it is done, so a clean drain would still end
+        # "killed by SIGTERM"; it is told to forget the signals the drain took care of.
+        self.reraising_server: Any = None
+        self.report: DrainReport | None = None
+        self.drained = anyio.Event()
+        to_inner, self.inner_receive_stream = anyio.create_memory_object_stream[Message](4)
+        self.to_inner = to_inner
+        from_inner_send, from_inner = anyio.create_memory_object_stream[Message | None](4)
+        self.from_inner = from_inner
+        self.from_inner_send = from_inner_send
+        self.inner_error: BaseException | None = None
+
+    async def run(self) -> None:
+        message = await self.receive()
+        if message["type"] != "lifespan.startup":
+            raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
+        drain = self.drain = current_drain()
+        drain.configure(self.owner.config)
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._run_inner)
+            await self.to_inner.send({"type": "lifespan.startup"})
+            reply = await self.from_inner.receive()
+            if reply is None:
+                inner_has_lifespan = False
+                if self.inner_error is not None:
+                    logger.debug(
+                        "the wrapped app does not support lifespan (%r): serving without it",
+                        self.inner_error,
+                    )
+            elif reply["type"] == "lifespan.startup.failed":
+                await self.send(reply)
+                task_group.cancel_scope.cancel()
+                return
+            else:
+                inner_has_lifespan = True
+            self._install_signals()
+            task_group.start_soon(self._drain_once_shutting_down, drain)
+            task_group.start_soon(self._watch_hypercorn_parent, drain)
+            await self.send({"type": "lifespan.startup.complete"})
+
+            message = await self.receive()
+            drain.begin("shutdown")
+            await self.drained.wait()
+            shutdown_reply: Message = {"type": "lifespan.shutdown.complete"}
+            if inner_has_lifespan:
+                await self.to_inner.send({"type": "lifespan.shutdown"})
+                inner_reply = await self.from_inner.receive()
+                if inner_reply is not None:
+                    shutdown_reply = inner_reply
+                elif self.inner_error is not None:
+                    shutdown_reply = {
+                        "type": "lifespan.shutdown.failed",
+                        "message": repr(self.inner_error),
+                    }
+            self._uninstall_signals()
+            self._exit_if_work_was_lost()
+            await self.send(shutdown_reply)
+            task_group.cancel_scope.cancel()
+
+    async def _run_inner(self) -> None:
+        try:
+            await self.owner.app(self.scope, self.inner_receive_stream.receive, self._from_inner)
+        except Exception as exc:
+            self.inner_error = exc
+        finally:
+            # The app returned (or raised): whoever waits for its next message gets None.
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self.from_inner_send.send(None)
+
+    async def _from_inner(self, message: Message) -> None:
+        await self.from_inner_send.send(message)
+
+    async def _drain_once_shutting_down(self, drain: Drain) -> None:
+        # Runs the drain from its first moment, so the deadline is kept even while the
+        # server is still waiting for connections to close.
+        await drain.wait_shutting_down()
+        self.report = await drain.wait(drain.reason or "shutdown")
+        self.drained.set()
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if not self.owner.handle_signals:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._install_trio_signals()
+            return
+        servers_own = [sig for sig in self.owner.config.signals if _server_handles(loop, sig)]
+        for sig in servers_own:
+            server = getattr(signal.getsignal(sig), "__self__", None)
+            if isinstance(getattr(server, "_captured_signals", None), list):
+                self.reraising_server = server
+        # A signal the server does not handle keeps its meaning (ignored in a worker whose
+        # parent decides, or the default): the drain follows the server's stop, not ours.
+        if servers_own:
+            self.installed = _signals.install(
+                loop, servers_own, lambda sig: self._on_signal(loop, sig)
+            )
+
+    def _install_trio_signals(self) -> None:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            return
+        token = trio.lowlevel.current_trio_token()
+        previous: dict[signal.Signals, Any] = {}
+        installed = _signals.Installed()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            sig = signal.Signals(signum)
+            with contextlib.suppress(RuntimeError):  # the run has already ended
+                token.run_sync_soon(self._on_trio_signal, sig, previous)
+
+        for sig in self.owner.config.signals:
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except (ValueError, OSError):
+                continue
+            installed._python_signals[sig] = previous[sig]
+        self.installed = installed
+
+    def _on_trio_signal(self, sig: signal.Signals, previous: dict[signal.Signals, Any]) -> None:
+        drain = self.drain
+        assert drain is not None
+        if drain.draining and self.signalled:
+            drain.force(sig.name)
+            _register_forced_exit(drain)
+            return
+        self.signalled = True
+        drain.begin(sig.name)
+        drain.arm_watchdog()
+        # trio stops its servers on KeyboardInterrupt; hypercorn's trio worker then closes
+        # the listeners and runs lifespan shutdown. Deliver it as trio's own SIGINT handler
+        # would, from inside the run, after the pre-stop delay.
+        stop_handler = previous.get(signal.SIGINT)
+        if not callable(stop_handler):
+            stop_handler = signal.getsignal(signal.SIGINT)
+        handler = stop_handler
+
+        def stop() -> None:
+            if callable(handler):
+                handler(signal.SIGINT, sys._getframe())
+
+        delay = self.owner.config.pre_stop_delay
+        if delay > 0:
+            trio = sys.modules["trio"]
+            token = trio.lowlevel.current_trio_token()
+
+            async def stop_later() -> None:
+                await anyio.sleep(delay)
+                token.run_sync_soon(stop)
+
+            trio.lowlevel.spawn_system_task(stop_later)
+        else:
+            stop()
+
+    def _on_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+        drain = self.drain
+        assert drain is not None
+        installed = self.installed
+        if drain.draining and self.signalled:
+            drain.force(sig.name)
+            _register_forced_exit(drain)
+            if installed is not None:
+                installed.chain(sig)
+            return
+        self.signalled = True
+        drain.begin(sig.name)
+        drain.arm_watchdog()
+        delay = self.owner.config.pre_stop_delay
+        if installed is None:
+            return
+        if delay > 0:
+            logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
+            loop.call_later(delay, installed.chain, sig)
+        else:
+            installed.chain(sig)
+
+    def _uninstall_signals(self) -> None:
+        if self.installed is not None:
+            self.installed.uninstall()
+            self.installed = None
+
+    async def _watch_hypercorn_parent(self, drain: Drain) -> None:
+        # A hypercorn worker process ignores SIGINT and never sees the SIGTERM its parent got:
+        # the parent sets a shared event, which the worker polls. Watch the same event.
+        stop_event = _hypercorn_parent_stop_event()
+        if stop_event is None:
+            return
+        _warn_if_hypercorn_grace_is_short(self.owner.config.drain_timeout)
+        while not stop_event.is_set():
+            await anyio.sleep(SHUTDOWN_EVENT_POLL)
+        if not drain.draining:
+            self.signalled = True
+            drain.begin("SIGTERM")
+            drain.arm_watchdog()
+
+    # -- exit status ---------------------------------------------------------------------
+
+    def _exit_if_work_was_lost(self) -> None:
+        report = self.report
+        if report is None or not self.signalled:
+            return
+        if report.exit_code == 0:
+            captured = getattr(self.reraising_server, "_captured_signals", None)
+            if isinstance(captured, list):
+                handled = set(self.owner.config.signals)
+                captured[:] = [sig for sig in captured if sig not in handled]
+            return
+        # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
+        # one way an orchestrator learns that work was abandoned, so it is set here, once the
+        # inner app has shut down.
+        _exit_now(report.exit_code)
+
+
+def _exit_now(code: int) -> None:
+    for handler in logging.getLogger().handlers + logger.handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _register_forced_exit(drain: Drain) -> None:
+    # A server may skip lifespan shutdown after a second signal (uvicorn's force exit) and
+    # leave with status 0: the exit status still says the drain was forced.
+    code = 128 + int(signal.Signals[drain.reason]) if drain.reason.startswith("SIG") else 1
+    atexit.register(_exit_now, code)
+
+
+def _server_handles(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> bool:
+    handlers = getattr(loop, "_signal_handlers", None)
+    if isinstance(handlers, dict) and sig in handlers:
+        return True
+    return callable(signal.getsignal(sig))
+
+
+def _hypercorn_parent_stop_event() -> Any:
+    process = multiprocessing.current_process()
+    target = getattr(process, "_target", None)
+    if target is None or not getattr(target, "__module__", "").startswith("hypercorn."):
+        return None
+    for argument in getattr(process, "_args", ()):
+        if callable(getattr(argument, "is_set", None)) and callable(
+            getattr(argument, "set", None)
+        ):
+            return argument
+    return None
+
+
+def _warn_if_hypercorn_grace_is_short(drain_timeout: float) -> None:
+    process = multiprocessing.current_process()
+    for argument in getattr(process, "_args", ()):
+        graceful_timeout = getattr(argument, "graceful_timeout", None)
+        if isinstance(graceful_timeout, (int, float)) and graceful_timeout < drain_timeout:
+            logger.warning(
+                "hypercorn's graceful_timeout (%g s) is shorter than drain_timeout (%g s): "
+                "hypercorn cancels requests still running after it. Start hypercorn with "
+                "--graceful-timeout %g",
+                graceful_timeout,
+                drain_timeout,
+                drain_timeout,
+            )
+
+
+def _current_asyncio_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None  # trio
+
+
+def _with_connection_close(message: Message) -> Message:
+    headers = [
+        (name, value)
+        for name, value in message.get("headers", ())
+        if name.lower() != b"connection"
+    ]
+    headers.append((b"connection", b"close"))
+    return {**message, "headers": headers}
+
+
+async def _answer_readiness(drain: Drain, send: Send) -> None:
+    # Says ready or not ready, nothing more: the path is reachable by anyone.
+    draining = drain.draining
+    body = _DRAINING if draining else _READY
+    headers = [*_READINESS_HEADERS, (b"content-length", str(len(body)).encode())]
+    if draining:
+        headers.append((b"connection", b"close"))
+    await send(
+        {"type": "http.response.start", "status": 503 if draining else 200, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _check_asgi3(app: object) -> None:
+    what_to_do = "pass the ASGI 3 application itself, an async callable app(scope, receive, send)"
+    if inspect.isclass(app):
+        raise TypeError(
+            f"GracefulLifespan got the class {app.__name__}, which looks like an ASGI 2 app: "
+            f"{what_to_do} (asgiref.compatibility.guarantee_single_callable converts ASGI 2)"
+        )
+    if not callable(app):
+        raise TypeError(f"GracefulLifespan got {app!r}, which is not callable: {what_to_do}")
+    if inspect.isfunction(app) and not inspect.iscoroutinefunction(app):
+        raise TypeError(
+            f"GracefulLifespan got {app.__name__}, a plain function (a WSGI app?): {what_to_do}"
+        )
+    try:
+        parameters = list(inspect.signature(app).parameters.values())
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin or C callable): trust it
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 3:
+        raise TypeError(
+            f"GracefulLifespan got {app!r}, which takes {len(positional)} positional "
+            f"arguments, not 3: {what_to_do}"
+        )
