@@ -72,8 +72,12 @@ def test_demo_picture_marks_the_signal_the_exit_and_the_refusals(
 ) -> None:
     text = demo_output.text
     assert "^ SIGTERM" in text and "^ exit 0" in text
-    assert len(re.findall(r"^ GET /slow \d\.\ds .*200\s*$", text, re.MULTILINE)) == 3
-    assert len(re.findall(r"^ POST /jobs \d\.\ds .*recorded\s*$", text, re.MULTILINE)) == 3
+    services = len(demo.available_services())
+    assert len(re.findall(r"^ GET /slow \d\.\ds .*200\s*$", text, re.MULTILINE)) == 3 * services
+    assert (
+        len(re.findall(r"^ POST /jobs \d\.\ds .*recorded\s*$", text, re.MULTILINE))
+        == 3 * services
+    )
     assert re.search(r"^ new connection .* (\d)/\1 refused", text, re.MULTILINE)
     assert "drain finished in" in text  # the service's own log lines are shown
 
