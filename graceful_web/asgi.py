@@ -470,12 +470,18 @@ def _server_handles(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> boo
     return callable(signal.getsignal(sig))
 
 
-def _hypercorn_parent_stop_event() -> Any:
+def _worker_arguments() -> list[Any]:
+    """What this worker process was started with, when a hypercorn parent started it."""
     process = multiprocessing.current_process()
     target = getattr(process, "_target", None)
     if target is None or not getattr(target, "__module__", "").startswith("hypercorn."):
-        return None
-    for argument in getattr(process, "_args", ()):
+        return []
+    kwargs = getattr(process, "_kwargs", None) or {}
+    return [*getattr(process, "_args", ()), *kwargs.values()]
+
+
+def _hypercorn_parent_stop_event() -> Any:
+    for argument in _worker_arguments():
         if callable(getattr(argument, "is_set", None)) and callable(
             getattr(argument, "set", None)
         ):
@@ -484,8 +490,7 @@ def _hypercorn_parent_stop_event() -> Any:
 
 
 def _warn_if_hypercorn_grace_is_short(drain_timeout: float) -> None:
-    process = multiprocessing.current_process()
-    for argument in getattr(process, "_args", ()):
+    for argument in _worker_arguments():
         graceful_timeout = getattr(argument, "graceful_timeout", None)
         if isinstance(graceful_timeout, (int, float)) and graceful_timeout < drain_timeout:
             logger.warning(
