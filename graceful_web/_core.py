@@ -41,11 +41,14 @@ DEFAULT_PROGRESS_INTERVAL = 1.0
 EXIT_ABANDONED = 75
 #: Exit status of the last-resort hard exit: work that refused to stop even after being cancelled.
 EXIT_HARD = 70
-#: How long cancelled work may take to unwind after the deadline before the hard exit.
-CANCEL_GRACE = 1.0
+#: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).
+CANCEL_GRACE = 0.25
 #: How long ``on_drain_finished`` may run when the deadline has already passed (or after a
 #: second signal); well inside the watchdog's margin.
 LATE_HOOK_TIME = 0.5
+#: The last-resort hard exit comes this long after the deadline: the unwinding and the late
+#: hook fit before it, and the process is gone by deadline + 1 s whatever the work does.
+HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 
 WorkKind = Literal["request", "job"]
 
@@ -658,7 +661,7 @@ class Drain:
         or blocks the event loop. Armed only for signal-driven drains of a real server."""
         if self._watchdog is not None or self.deadline is None:
             return
-        delay = self.remaining() + CANCEL_GRACE + 0.5
+        delay = self.remaining() + HARD_EXIT_AFTER
         timer = threading.Timer(delay, _hard_exit, args=(self,))
         timer.daemon = True
         timer.start()
@@ -833,9 +836,9 @@ def _hard_exit(drain: Drain) -> None:
     names = ", ".join(f"{w.kind} {w.name!r}" for w in drain._work) or "none left"
     try:
         logger.critical(
-            "hard exit with status %d: protected work did not stop %.1f s after the deadline (%s)",
+            "hard exit with status %d: protected work did not stop %.2f s after the deadline (%s)",
             code,
-            CANCEL_GRACE + 0.5,
+            HARD_EXIT_AFTER,
             names,
         )
         for handler in logging.getLogger().handlers + logger.handlers:
