@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from . import _signals
 from ._core import (
@@ -249,46 +250,54 @@ class _Lifespan:
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         drain = self.drain = current_drain()
         drain.configure(self.owner.config)
+        startup_failed = False
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._run_inner)
             await self.to_inner.send({"type": "lifespan.startup"})
             reply = await self.from_inner.receive()
-            if reply is None:
-                inner_has_lifespan = False
-                if self.inner_error is not None:
+            if reply is not None and reply["type"] == "lifespan.startup.failed":
+                startup_failed = True
+                await self.send(reply)
+                # The inner app usually raises right after: let the server see its error.
+                with anyio.move_on_after(1):
+                    await self.from_inner.receive()
+                task_group.cancel_scope.cancel()
+            else:
+                if reply is None and self.inner_error is not None:
                     logger.debug(
                         "the wrapped app does not support lifespan (%r): serving without it",
                         self.inner_error,
                     )
-            elif reply["type"] == "lifespan.startup.failed":
-                await self.send(reply)
-                task_group.cancel_scope.cancel()
-                return
-            else:
-                inner_has_lifespan = True
-            self._install_signals()
-            task_group.start_soon(self._drain_once_shutting_down, drain)
-            task_group.start_soon(self._watch_hypercorn_parent, drain)
-            await self.send({"type": "lifespan.startup.complete"})
+                await self._serve(task_group, drain, inner_has_lifespan=reply is not None)
+        if startup_failed and self.inner_error is not None:
+            raise self.inner_error
 
-            message = await self.receive()
-            drain.begin("shutdown")
-            await self.drained.wait()
-            shutdown_reply: Message = {"type": "lifespan.shutdown.complete"}
-            if inner_has_lifespan:
-                await self.to_inner.send({"type": "lifespan.shutdown"})
-                inner_reply = await self.from_inner.receive()
-                if inner_reply is not None:
-                    shutdown_reply = inner_reply
-                elif self.inner_error is not None:
-                    shutdown_reply = {
-                        "type": "lifespan.shutdown.failed",
-                        "message": repr(self.inner_error),
-                    }
-            self._uninstall_signals()
-            self._exit_if_work_was_lost()
-            await self.send(shutdown_reply)
-            task_group.cancel_scope.cancel()
+    async def _serve(
+        self, task_group: anyio.abc.TaskGroup, drain: Drain, *, inner_has_lifespan: bool
+    ) -> None:
+        self._install_signals()
+        task_group.start_soon(self._drain_once_shutting_down, drain)
+        task_group.start_soon(self._watch_hypercorn_parent, drain)
+        await self.send({"type": "lifespan.startup.complete"})
+
+        await self.receive()  # lifespan.shutdown
+        drain.begin("shutdown")
+        await self.drained.wait()
+        shutdown_reply: Message = {"type": "lifespan.shutdown.complete"}
+        if inner_has_lifespan:
+            await self.to_inner.send({"type": "lifespan.shutdown"})
+            inner_reply = await self.from_inner.receive()
+            if inner_reply is not None:
+                shutdown_reply = inner_reply
+            elif self.inner_error is not None:
+                shutdown_reply = {
+                    "type": "lifespan.shutdown.failed",
+                    "message": repr(self.inner_error),
+                }
+        self._uninstall_signals()
+        self._exit_if_work_was_lost()
+        await self.send(shutdown_reply)
+        task_group.cancel_scope.cancel()
 
     async def _run_inner(self) -> None:
         try:

@@ -115,28 +115,9 @@ def build_starlette() -> Any:
 
 
 def build_fastapi() -> Any:
-    from fastapi import BackgroundTasks, FastAPI
+    from ._fastapi import build
 
-    api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    api.add_exception_handler(BadParameter, _bad_parameter)
-    for path, endpoint, methods in (
-        ("/slow", slow, ["GET"]),
-        ("/fast", fast, ["GET"]),
-        ("/jobs", create_job, ["POST"]),
-        ("/events", events, ["GET"]),
-        ("/healthz", healthz, ["GET"]),
-    ):
-        api.add_route(path, endpoint, methods=methods)
-    if not graceful_enabled():
-        api.add_route("/readyz", ready_without_library, methods=["GET"])
-
-    @api.post("/background", status_code=202)
-    async def fastapi_background(ms: str, id: str, background: BackgroundTasks) -> Any:
-        job_id = parse_id(id)
-        background.add_task(record_after, parse_ms(ms), job_id)
-        return {"id": job_id, "accepted": True}
-
-    return api
+    return build()
 
 
 def build() -> Any:

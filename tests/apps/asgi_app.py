@@ -1,6 +1,6 @@
 """The ASGI demo service plus test-only routes, served by whichever ASGI server a test starts.
 
-APP=starlette (default) | bare (a plain ASGI function without lifespan support)
+TEST_APP=starlette (default) | bare (a plain ASGI function without lifespan support)
     | startup_fails (the inner app's lifespan startup raises)
 The inner Starlette app's lifespan sets ``state["db"]`` and records "inner-startup" and
 "inner-shutdown" in JOBS_FILE.events, so tests can see the inner lifespan still runs.
@@ -125,8 +125,12 @@ async def websocket_ticker(websocket: WebSocket) -> None:
 @contextlib.asynccontextmanager
 async def inner_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     record_event("inner-startup")
-    if os.environ.get("APP") == "startup_fails":
+    if os.environ.get("TEST_APP") == "startup_fails":
         raise RuntimeError("the database is unreachable")
+    if os.environ.get("OUTSIDER") == "1":
+        # Started here, outside any request, like a queue consumer the app runs beside.
+        task = asyncio.create_task(outsider())
+        _unprotected.add(task)
     yield {"db": "connected"}
     record_event("inner-shutdown")
 
@@ -145,16 +149,11 @@ def on_abandoned(abandoned: tuple[AbandonedWork, ...]) -> None:
         record_event(f"abandoned:{work.kind}:{work.name}")
 
 
-async def start_outsider(request: Request) -> Response:
-    task = asyncio.create_task(outsider())
-    _unprotected.add(task)
-    return PlainTextResponse("watching\n")
-
-
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A plain ASGI app that knows nothing of lifespan."""
     assert scope["type"] == "http", "no lifespan here"
     if scope["path"] == "/slow":
+        record_event("start:bare")
         await anyio.sleep(1.0)
     body = json.dumps({"path": scope["path"]}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -162,7 +161,9 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def build() -> Any:
-    kind = os.environ.get("APP", "starlette")
+    # Servers configure only their own loggers; the tests read graceful_web's lines.
+    configure_logging()
+    kind = os.environ.get("TEST_APP", "starlette")
     signals = os.environ.get("SIGNALS")
     options: dict[str, Any] = {
         "on_abandoned": on_abandoned,
@@ -183,7 +184,6 @@ def build() -> Any:
             Route("/unprotected", unprotected, methods=["POST"]),
             Route("/spawn-after", spawn_after),
             Route("/state", state),
-            Route("/outsider", start_outsider, methods=["POST"]),
             WebSocketRoute("/ws", websocket_ticker),
         ]
     )
@@ -196,7 +196,6 @@ app = build()
 def main() -> None:
     import uvicorn
 
-    configure_logging()
     uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_config=None)
 
 

@@ -1,0 +1,314 @@
+"""GracefulLifespan under real ASGI servers, stopped by real signals.
+
+Each server row runs the same scenario: a slow request, two protected jobs and a Starlette
+background task are in flight when SIGTERM arrives; the client must get its full 200 and
+every job its record, and the process must exit 0. The behaviours after it run on uvicorn.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as websocket_connect
+
+from graceful_web import EXIT_ABANDONED
+
+from .conftest import Server, StartServer, connect_refused, wait_until
+
+PY = sys.executable
+APP = "tests.apps.asgi_app:app"
+
+SERVERS: dict[str, list[str]] = {
+    "uvicorn-cli": [PY, "-m", "uvicorn", APP, "--port", "{port}"],
+    "uvicorn-run": [PY, "-m", "tests.apps.asgi_app"],
+    "uvicorn-workers-2": [PY, "-m", "uvicorn", APP, "--port", "{port}", "--workers", "2"],
+    "hypercorn-asyncio": [
+        PY, "-m", "hypercorn", APP, "--bind", "127.0.0.1:{port}", "--graceful-timeout", "10",
+    ],
+    "hypercorn-trio": [
+        PY, "-m", "hypercorn", "-k", "trio", APP, "--bind", "127.0.0.1:{port}",
+        "--graceful-timeout", "10",
+    ],
+    "gunicorn-uvicorn-worker": [
+        PY, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:{port}",
+        "--graceful-timeout", "10", APP,
+    ],
+    "granian": [
+        PY, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+        APP,
+    ],
+}  # fmt: skip
+
+# In these the process that gets the signal owns the listener, so it closes at once. In the
+# multi-process ones the parent keeps the listening socket until its workers have exited.
+CLOSES_AT_ONCE = {"uvicorn-cli", "uvicorn-run", "gunicorn-uvicorn-worker", "granian"}
+
+UVICORN = SERVERS["uvicorn-cli"]
+
+
+@dataclass
+class Call:
+    """An HTTP request made in a thread, so the test can signal the server meanwhile."""
+
+    method: str
+    url: str
+    response: httpx.Response | None = None
+    error: BaseException | None = None
+    finished_at: float | None = None
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.response = httpx.request(self.method, self.url, timeout=30)
+        except BaseException as exc:
+            self.error = exc
+        self.finished_at = time.monotonic()
+
+    def result(self, timeout: float = 30.0) -> httpx.Response:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.method} {self.url} still waiting"
+        assert self.response is not None, f"{self.method} {self.url} failed: {self.error!r}"
+        return self.response
+
+
+def events_contain(server: Server, *lines: str) -> bool:
+    events = server.events()
+    return all(line in events for line in lines)
+
+
+DRAIN_FINISHED = re.compile(
+    r"drained (?P<requests>\d+) requests and (?P<jobs>\d+) jobs \((?P<failed>\d+) failed\), "
+    r"refused \d+ jobs, abandoned (?P<abandoned>\d+)"
+)
+
+
+def drained_totals(log: str) -> dict[str, int]:
+    totals = {"requests": 0, "jobs": 0, "failed": 0, "abandoned": 0}
+    for match in DRAIN_FINISHED.finditer(log):
+        for key in totals:
+            totals[key] += int(match[key])
+    return totals
+
+
+def start_asgi(
+    start_server: StartServer, argv: list[str], timeout: float = 8, **env: str
+) -> Server:
+    return start_server(argv, env={"GRACEFUL_DRAIN_TIMEOUT": str(timeout), **env})
+
+
+@pytest.mark.parametrize("server_name", list(SERVERS))
+def test_every_server_drains_requests_background_tasks_and_jobs(
+    start_server: StartServer, server_name: str
+) -> None:
+    server = start_asgi(start_server, SERVERS[server_name])
+    slow = Call("GET", f"{server.url}/slow-recorded?ms=2000&id=s1")
+    for job in ("j1", "j2"):
+        assert httpx.post(f"{server.url}/jobs-recorded?ms=2500&id={job}").status_code == 202
+    assert httpx.post(f"{server.url}/background-recorded?ms=2000&id=b1").status_code == 202
+    wait_until(lambda: events_contain(server, "start:s1", "background-start:b1"), 10, "work")
+
+    server.send(signal.SIGTERM)
+    wait_until(lambda: connect_refused(server.port), 8, "the listener to close")
+    refused_at = time.monotonic()
+    exit_code = server.wait_exit(timeout=20)
+
+    response = slow.result()
+    assert response.status_code == 200 and response.text == "slept 2000 ms\n"
+    assert sorted(server.jobs()) == ["b1", "j1", "j2"]
+    assert exit_code == 0, server.log()
+    # A multi-process server drains in each worker: add their reports up.
+    assert drained_totals(server.log()) == {"requests": 2, "jobs": 2, "failed": 0, "abandoned": 0}
+    if server_name in CLOSES_AT_ONCE:
+        assert slow.finished_at is not None and refused_at < slow.finished_at
+
+
+def test_inner_lifespan_and_its_state_keep_working(start_server: StartServer) -> None:
+    server = start_asgi(start_server, UVICORN)
+    assert httpx.get(f"{server.url}/state").json() == {"db": "connected"}
+    assert server.events() == ["inner-startup"]
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert server.events() == ["inner-startup", "inner-shutdown"]
+
+
+def test_an_app_without_lifespan_support_is_served_and_drained(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN, TEST_APP="bare")
+    slow = Call("GET", f"{server.url}/slow")
+    wait_until(lambda: events_contain(server, "start:bare"), 10, "the slow request in flight")
+    server.send(signal.SIGTERM)
+    assert slow.result().json() == {"path": "/slow"}
+    assert server.wait_exit() == 0
+    assert "drained 1 requests and 0 jobs" in server.log()
+
+
+def test_inner_startup_failure_is_reported_not_swallowed(start_server: StartServer) -> None:
+    server = start_server(UVICORN, env={"TEST_APP": "startup_fails"}, ready_path=None)
+    exit_code = server.wait_exit(timeout=20)
+    assert exit_code != 0
+    assert "the database is unreachable" in server.log()
+    assert "Application startup failed" in server.log()
+
+
+def test_readiness_turns_503_and_responses_close_during_the_pre_stop_delay(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN, GRACEFUL_PRE_STOP_DELAY="1.5")
+    ready = httpx.get(f"{server.url}/readyz")
+    assert (ready.status_code, ready.text) == (200, "ready\n")
+    server.send(signal.SIGTERM)
+    wait_until(
+        lambda: httpx.get(f"{server.url}/readyz").status_code == 503, 1, "readiness to turn 503"
+    )
+    draining = httpx.get(f"{server.url}/readyz")
+    assert draining.text == "draining\n" and draining.headers["cache-control"] == "no-store"
+    # Still serving during the pre-stop delay, but no connection is kept for reuse.
+    served = httpx.get(f"{server.url}/fast")
+    assert served.status_code == 200 and served.headers["connection"] == "close"
+    assert not connect_refused(server.port)
+    wait_until(lambda: connect_refused(server.port), 5, "the listener to close after the delay")
+    assert server.wait_exit() == 0
+
+
+def test_server_sent_events_end_politely_when_the_drain_starts(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN)
+    lines: list[str] = []
+    with httpx.stream("GET", f"{server.url}/events", timeout=10) as stream:
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line == "data: tick 1":
+                server.send(signal.SIGTERM)
+    assert "event: bye" in lines  # the stream ended by itself, after the goodbye
+    assert server.wait_exit() == 0
+    assert "abandoned 0" in server.log()
+
+
+@pytest.mark.parametrize(
+    ("server_name", "pre_stop_delay"),
+    # uvicorn closes websockets itself (1012) when it stops: the grace runs inside the
+    # pre-stop delay there. hypercorn waits for them, so the grace alone is enough.
+    [("uvicorn-cli", "1.5"), ("hypercorn-asyncio", "0")],
+)
+def test_websockets_are_closed_with_1001_after_the_grace(
+    start_server: StartServer, server_name: str, pre_stop_delay: str
+) -> None:
+    server = start_asgi(
+        start_server,
+        SERVERS[server_name],
+        WEBSOCKET_CLOSE_GRACE="0.5",
+        GRACEFUL_PRE_STOP_DELAY=pre_stop_delay,
+    )
+    with websocket_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5) as websocket:
+        assert websocket.recv(timeout=5) == "tick"
+        server.send(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                websocket.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert server.wait_exit() == 0
+    assert events_contain(server, "ws-open", "ws-closed")
+    assert "closing websocket /ws with 1001" in server.log()
+
+
+def test_work_still_running_at_the_deadline_is_abandoned_reported_and_exits_75(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN, timeout=1.5)
+    slow = Call("GET", f"{server.url}/slow-recorded?ms=60000&id=stuck")
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=60000&id=late").status_code == 202
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=200&id=quick").status_code == 202
+    wait_until(lambda: events_contain(server, "start:stuck"), 10, "the slow request")
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(timeout=10) == EXIT_ABANDONED
+    assert server.jobs() == ["quick"]
+    log = server.log()
+    assert "abandoned job 'job-late' after" in log
+    assert "abandoned request 'GET /slow-recorded' after" in log
+    assert events_contain(server, "abandoned:job:job-late", "abandoned:request:GET /slow-recorded")
+    slow.thread.join(10)
+    assert slow.response is None or slow.response.status_code >= 500
+
+
+def test_a_second_signal_forces_exit_at_once(start_server: StartServer) -> None:
+    server = start_asgi(start_server, UVICORN, timeout=30)
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=60000&id=long").status_code == 202
+    server.send(signal.SIGTERM)
+    server.wait_for_log("drain started (SIGTERM)")
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.wait_exit(timeout=10) == 128 + signal.SIGTERM
+    assert "second signal (SIGTERM)" in server.log()
+    assert "abandoned job 'job-long'" in server.log()
+    assert server.jobs() == []
+
+
+def test_ctrl_c_drains_like_sigterm(start_server: StartServer) -> None:
+    server = start_asgi(start_server, UVICORN)
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=1000&id=c1").status_code == 202
+    server.send(signal.SIGINT)
+    assert server.wait_exit() == 0
+    assert server.jobs() == ["c1"]
+    assert "drain started (SIGINT)" in server.log()
+
+
+def test_follow_up_work_of_a_request_in_flight_is_accepted_during_the_drain(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN)
+    call = Call("GET", f"{server.url}/spawn-after?ms=800&id=follow")
+    wait_until(lambda: events_contain(server, "start:follow"), 10, "the request in flight")
+    server.send(signal.SIGTERM)
+    assert call.result().text == "spawned\n"
+    assert server.wait_exit() == 0
+    assert server.jobs() == ["follow"]
+
+
+def test_a_spawn_from_outside_any_request_during_the_drain_is_refused_loudly(
+    start_server: StartServer,
+) -> None:
+    server = start_asgi(start_server, UVICORN, OUTSIDER="1")
+    # Something to drain, so the refusal happens while the drain still runs.
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=800&id=keep").status_code == 202
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    refusals = [line for line in server.events() if line.startswith("outsider-refused")]
+    assert len(refusals) == 1 and "shutting down" in refusals[0]
+    assert "outsider-accepted" not in server.jobs()
+    assert "refused 1 jobs" in server.log()
+
+
+def test_unprotected_tasks_are_still_cancelled(start_server: StartServer) -> None:
+    server = start_asgi(start_server, UVICORN)
+    assert httpx.post(f"{server.url}/unprotected?ms=30000&id=u1").status_code == 202
+    assert httpx.post(f"{server.url}/jobs-recorded?ms=500&id=p1").status_code == 202
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert server.jobs() == ["p1"]
+    assert "cancelled:u1" in server.events()
+
+
+def test_fastapi_background_tasks_are_drained(start_server: StartServer) -> None:
+    server = start_server(
+        [PY, "-m", "demo_services.asgi_service"],
+        env={"APP": "fastapi", "GRACEFUL_DRAIN_TIMEOUT": "8"},
+    )
+    response = httpx.post(f"{server.url}/background?ms=1500&id=fa1")
+    assert response.status_code == 202
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert server.jobs() == ["fa1"]
