@@ -38,6 +38,14 @@ SERVERS: dict[str, list[str]] = {
         PY, "-m", "hypercorn", "-k", "trio", APP, "--bind", "127.0.0.1:{port}",
         "--graceful-timeout", "10",
     ],
+    "hypercorn-asyncio-single-process": [
+        PY, "-m", "hypercorn", "-w", "0", APP, "--bind", "127.0.0.1:{port}",
+        "--graceful-timeout", "10",
+    ],
+    "hypercorn-trio-single-process": [
+        PY, "-m", "hypercorn", "-w", "0", "-k", "trio", APP, "--bind", "127.0.0.1:{port}",
+        "--graceful-timeout", "10",
+    ],
     "gunicorn-uvicorn-worker": [
         PY, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:{port}",
         "--graceful-timeout", "10", APP,
@@ -50,7 +58,14 @@ SERVERS: dict[str, list[str]] = {
 
 # In these the process that gets the signal owns the listener, so it closes at once. In the
 # multi-process ones the parent keeps the listening socket until its workers have exited.
-CLOSES_AT_ONCE = {"uvicorn-cli", "uvicorn-run", "gunicorn-uvicorn-worker", "granian"}
+CLOSES_AT_ONCE = {
+    "uvicorn-cli",
+    "uvicorn-run",
+    "hypercorn-asyncio-single-process",
+    "hypercorn-trio-single-process",
+    "gunicorn-uvicorn-worker",
+    "granian",
+}
 
 UVICORN = SERVERS["uvicorn-cli"]
 
