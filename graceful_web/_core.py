@@ -625,7 +625,10 @@ class Drain:
         next_at = anyio.current_time() + interval
         while self.phase is Phase.DRAINING:
             await anyio.sleep_until(next_at)
-            next_at = max(next_at + interval, anyio.current_time())
+            now = anyio.current_time()
+            # Keep the beat; after the loop was blocked, start a new beat rather than catch
+            # up with a burst of lines: two lines are always half an interval apart or more.
+            next_at = next_at + interval if now - next_at < interval / 2 else now + interval
             if self.phase is Phase.DRAINING and self._work:
                 self._log_progress()
 
@@ -692,6 +695,10 @@ class Drain:
         now = time.monotonic()
         for work in sorted(self._work, key=lambda w: w.started):
             if work in self._abandoned_work:
+                continue
+            if work.future is not None and work.future.done():
+                # It finished in this turn of the loop; its done callback, already scheduled,
+                # counts it as drained. Reporting it abandoned would have it re-queued twice.
                 continue
             entry = AbandonedWork(work.kind, work.name, now - work.started)
             self._abandoned_work.add(work)
