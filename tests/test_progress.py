@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
+import time
 
 import anyio
 import pytest
@@ -120,3 +122,33 @@ def test_progress_is_reported_under_asyncio_and_trio(
     progress = [r for r in caplog.records if r.getMessage().startswith("draining:")]
     assert len(progress) >= 2
     assert {getattr(r, "graceful_oldest_name", None) for r in progress} == {"GET /report"}
+
+
+def test_a_blocked_loop_delays_a_progress_line_but_brings_no_burst(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    interval = 0.1
+
+    async def drain_with_a_blocked_loop() -> None:
+        drain = current_drain()
+        drain.configure(Config.build(drain_timeout=5, progress_interval=interval))
+        work = drain.request_started("GET /blocking", lambda: None)
+        drain.begin("test")
+        await asyncio.sleep(0.15)
+        time.sleep(0.35)  # a handler blocks the event loop for three beats
+        await asyncio.sleep(0.5)
+        drain.discard(work)
+        await drain.wait("test")
+
+    with caplog.at_level(logging.INFO, logger="graceful_web"):
+        asyncio.run(drain_with_a_blocked_loop())
+    remaining = [
+        r.__dict__["graceful_remaining_s"] for r in caplog.records
+        if r.getMessage().startswith("draining:")
+    ]
+    assert len(remaining) >= 3, remaining
+    # The beats missed while the loop was blocked are skipped, not caught up with lines in a
+    # row: whatever the machine's load, two lines are at least half an interval apart
+    # (remaining_s is rounded to the millisecond).
+    gaps = [round(earlier - later, 3) for earlier, later in itertools.pairwise(remaining)]
+    assert min(gaps) >= interval / 2 - 0.002, gaps
