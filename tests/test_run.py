@@ -13,7 +13,7 @@ import pytest
 
 import graceful_web
 
-from .conftest import ROOT, Server, StartServer
+from .conftest import ROOT, Server, StartServer, wait_until
 
 WORKER = "tests.apps.worker_app"
 READY = "worker ready"
@@ -40,9 +40,19 @@ def cancelled_unprotected(worker: Server) -> list[str]:
 def test_protected_jobs_finish_and_unprotected_tasks_are_cancelled(
     start_server: StartServer, sig: int
 ) -> None:
-    worker = start_worker(start_server)
+    # 3 protected and 3 unprotected tasks of 10 s; the signal comes 1 s into their work.
+    worker = start_worker(start_server, JOB_MS="10000", CHECKPOINT_MS="1000")
+    wait_until(
+        lambda: len([line for line in worker.events() if line.startswith("running:")]) == 6,
+        20,
+        "all six tasks 1 s into their work",
+    )
     worker.send(sig)
-    assert worker.wait_exit() == 0
+    # The unprotected ones are cancelled at the signal, while the protected ones go on.
+    wait_until(lambda: cancelled_unprotected(worker) == CANCELLED_UNPROTECTED, 10, "cancels")
+    assert worker.jobs() == []
+    assert worker.proc.poll() is None, "the protected jobs have 9 s of work left"
+    assert worker.wait_exit(timeout=40) == 0
     assert sorted(worker.jobs()) == PROTECTED
     assert cancelled_unprotected(worker) == CANCELLED_UNPROTECTED
     assert "main-cancelled" in worker.events()
@@ -153,13 +163,17 @@ def readme_example() -> tuple[str, list[str], int]:
     return code.group(1), printed, status
 
 
-def test_readme_example_runs_as_printed(start_server: StartServer, tmp_path: Path) -> None:
+@SIGNALS
+def test_readme_example_runs_as_printed(
+    start_server: StartServer, tmp_path: Path, sig: int
+) -> None:
+    # The README shows Ctrl-C; its first line promises the same for SIGTERM.
     code, printed, status = readme_example()
     script = tmp_path / "worker.py"
     script.write_text(code)
     worker = start_server([sys.executable, str(script)], ready_path=None, name="readme")
     worker.wait_for_log(printed[0], timeout=20)
-    worker.send(signal.SIGINT)
+    worker.send(sig)
     assert worker.wait_exit() == status
     assert sorted(worker.log().splitlines()) == sorted(printed)
 

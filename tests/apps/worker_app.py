@@ -9,7 +9,8 @@ It starts PROTECTED jobs (spawn) and UNPROTECTED tasks (create_task) of JOB_MS e
   exit       sys.exit(3)
   fan-out    spawn one more job that gathers two child tasks, then wait until stopped
   stubborn   spawn one more job that swallows every cancellation, then wait until stopped
-Finished jobs append their id to JOBS_FILE; cancellations go to JOBS_FILE.events.
+Finished jobs append their id to JOBS_FILE; cancellations go to JOBS_FILE.events. With
+CHECKPOINT_MS set, each task also records "running:ID" that far into its work.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ def record_event(line: str) -> None:
 
 
 async def work(job_id: str, ms: int) -> None:
+    checkpoint = min(ms, int(os.environ.get("CHECKPOINT_MS", "0")))
     try:
-        await asyncio.sleep(ms / 1000)
+        if checkpoint:
+            await asyncio.sleep(checkpoint / 1000)
+            record_event(f"running:{job_id}")
+        await asyncio.sleep((ms - checkpoint) / 1000)
     except asyncio.CancelledError:
         record_event(f"cancelled:{job_id}")
         raise
