@@ -17,6 +17,8 @@ from ._watch import json_records, post_job, progress_records, slow_request
 from .conftest import StartServer
 
 APP = "tests.apps.watch_app"
+#: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.
+ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
 FIELDS = {
     "graceful_requests",
     "graceful_jobs",
@@ -27,11 +29,17 @@ FIELDS = {
 }
 
 
+@ADAPTERS
 def test_draining_logs_progress_with_counts_oldest_and_time_left_as_json_fields(
-    start_server: StartServer,
+    start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP, env={"GRACEFUL_PROGRESS_INTERVAL": "0.2", "GRACEFUL_DRAIN_TIMEOUT": "20"}
+        APP,
+        env={
+            "ADAPTER": adapter,
+            "GRACEFUL_PROGRESS_INTERVAL": "0.2",
+            "GRACEFUL_DRAIN_TIMEOUT": "20",
+        },
     )
     pending = slow_request(server, 2000)
     server.wait_in_flight(requests=1)
@@ -56,11 +64,17 @@ def test_draining_logs_progress_with_counts_oldest_and_time_left_as_json_fields(
     assert "draining: 1 requests and 1 jobs left, oldest request 'GET /slow'" in first["message"]
 
 
-def test_progress_is_silent_when_nothing_is_left(start_server: StartServer) -> None:
+@ADAPTERS
+def test_progress_is_silent_when_nothing_is_left(start_server: StartServer, adapter: str) -> None:
     # A slow drain-started hook keeps the drain open with no protected work in flight.
     server = start_server(
         APP,
-        env={"GRACEFUL_PROGRESS_INTERVAL": "0.1", "STARTED_HOOK": "slow", "HOOK_MS": "1000"},
+        env={
+            "ADAPTER": adapter,
+            "GRACEFUL_PROGRESS_INTERVAL": "0.1",
+            "STARTED_HOOK": "slow",
+            "HOOK_MS": "1000",
+        },
     )
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0

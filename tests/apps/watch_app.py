@@ -1,7 +1,10 @@
-"""The aiohttp demo service with JSON logs and drain hooks, run in a real process by the tests.
+"""A demo service with JSON logs and drain hooks, run in a real process by the tests.
 
+ADAPTER=aiohttp (default: the aiohttp demo service under web.run_app) | asgi (the Starlette
+demo service in GracefulLifespan, under uvicorn.run).
 Logs go to stdout as JSON lines (python-json-logger). Hooks write what they saw to
-JOBS_FILE.events. STARTED_HOOK=record (default) | slow (takes HOOK_MS) | hang | raise.
+JOBS_FILE.events. STARTED_HOOK=record (default) | slow (takes HOOK_MS) | hang | raise;
+FINISHED_HOOK=record (default) | hang.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
-from aiohttp import web
 from pythonjsonlogger.json import JsonFormatter
 
 from demo_services._contract import jobs_file
-from demo_services.aiohttp_service import make_app
 from graceful_web import DrainReport
 from graceful_web._core import current_drain
 
@@ -50,14 +52,18 @@ async def on_drain_finished(report: DrainReport) -> None:
         f"finished:{report.reason}:requests={report.drained_requests}:jobs={report.drained_jobs}"
         f":abandoned={len(report.abandoned)}"
     )
+    if os.environ.get("FINISHED_HOOK") == "hang":
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            record_event("finished-hook-cancelled")
+            raise
 
 
-async def stats(request: web.Request) -> web.Response:
+def in_flight() -> dict[str, int]:
     drain = current_drain()
-    # This request is itself in flight: leave it out.
-    return web.json_response(
-        {"requests": drain.requests_in_flight - 1, "jobs": drain.jobs_in_flight}
-    )
+    # The request asking is itself in flight: leave it out.
+    return {"requests": drain.requests_in_flight - 1, "jobs": drain.jobs_in_flight}
 
 
 def configure_json_logging() -> None:
@@ -68,11 +74,53 @@ def configure_json_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+HOOKS: dict[str, Any] = {
+    "on_drain_started": on_drain_started,
+    "on_drain_finished": on_drain_finished,
+}
+
+
+def serve_aiohttp(port: int) -> None:
+    from aiohttp import web
+
+    from demo_services.aiohttp_service import make_app
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(in_flight())
+
+    app = make_app(**HOOKS)
+    app.router.add_get("/_stats", stats)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_asgi(port: int) -> None:
+    import uvicorn
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from demo_services.asgi_service import build_starlette
+    from graceful_web.asgi import GracefulLifespan
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(in_flight())
+
+    inner = build_starlette()
+    inner.router.routes.append(Route("/_stats", stats))
+    app = GracefulLifespan(inner, **HOOKS)
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_config=None)
+
+
 def main() -> None:
     configure_json_logging()
-    app = make_app(on_drain_started=on_drain_started, on_drain_finished=on_drain_finished)
-    app.router.add_get("/_stats", stats)
-    web.run_app(app, host="127.0.0.1", port=int(os.environ["PORT"]), print=None, access_log=None)
+    port = int(os.environ["PORT"])
+    adapter = os.environ.get("ADAPTER", "aiohttp")
+    if adapter == "aiohttp":
+        serve_aiohttp(port)
+    elif adapter == "asgi":
+        serve_asgi(port)
+    else:
+        raise SystemExit(f"ADAPTER must be 'aiohttp' or 'asgi', got {adapter!r}")
 
 
 if __name__ == "__main__":
