@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import os
 import re
 import signal
@@ -33,7 +32,7 @@ from rich.text import Text
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
-#: (label, module) of every demo service; one is shown only once its package exists.
+#: (label, module) of every demo service: each is started and drained side by side.
 SERVICES = (
     ("aiohttp", "demo_services.aiohttp_service"),
     ("asgi", "demo_services.asgi_service"),
@@ -493,10 +492,6 @@ def show(console: Console, runs: list[Run]) -> None:
 # -- main ---------------------------------------------------------------------------------
 
 
-def available_services() -> list[tuple[str, str]]:
-    return [(name, module) for name, module in SERVICES if importlib.util.find_spec(module)]
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a child we started, by its PID (it leads a process group of its own)."""
     if proc.poll() is None:
@@ -508,7 +503,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def main() -> int:
     console = Console(highlight=False)
-    services = available_services()
+    services = SERVICES
     console.print(
         f"[bold]graceful_web demo[/]: {', '.join(name for name, _ in services)} on {HOST}. "
         f"Each gets {len(REQUEST_MS)} slow requests and {len(JOB_MS)} jobs, then SIGTERM; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -23,11 +22,8 @@ from .conftest import ROOT, StartServer, free_port, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-SERVICES = [
-    name
-    for name in ("demo_services.aiohttp_service", "demo_services.asgi_service")
-    if importlib.util.find_spec(name) is not None
-]
+#: The demo service of each adapter: aiohttp's, and Starlette in GracefulLifespan on uvicorn.
+SERVICES = ["demo_services.aiohttp_service", "demo_services.asgi_service"]
 
 
 def parse(text: str) -> Samples:
@@ -123,7 +119,7 @@ def test_the_core_and_the_adapter_never_import_prometheus_client() -> None:
     result = run_python(
         """
         import asyncio, sys
-        import graceful_web, graceful_web.aiohttp
+        import graceful_web, graceful_web.aiohttp, graceful_web.asgi
         from graceful_web._core import current_drain
 
         async def main():
