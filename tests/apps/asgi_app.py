@@ -5,6 +5,8 @@ TEST_APP=starlette (default) | bare (a plain ASGI function without lifespan supp
 The inner Starlette app's lifespan sets ``state["db"]`` and records "inner-startup" and
 "inner-shutdown" in JOBS_FILE.events, so tests can see the inner lifespan still runs.
 ``python -m tests.apps.asgi_app`` serves it with ``uvicorn.run``.
+RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts;
+STARTUP_DELAY_MS=N makes the inner lifespan startup log "startup hook running" and sleep N ms.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +23,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -125,6 +128,9 @@ async def websocket_ticker(websocket: WebSocket) -> None:
 @contextlib.asynccontextmanager
 async def inner_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     record_event("inner-startup")
+    if os.environ.get("STARTUP_DELAY_MS"):
+        print("startup hook running", flush=True)
+        await anyio.sleep(int(os.environ["STARTUP_DELAY_MS"]) / 1000)
     if os.environ.get("TEST_APP") == "startup_fails":
         raise RuntimeError("the database is unreachable")
     if os.environ.get("OUTSIDER") == "1":
@@ -147,6 +153,97 @@ async def outsider() -> None:
 def on_abandoned(abandoned: tuple[AbandonedWork, ...]) -> None:
     for work in abandoned:
         record_event(f"abandoned:{work.kind}:{work.name}")
+
+
+async def big(request: Request) -> Response:
+    """A response of ``mb`` MiB: a client that never reads it fills the socket buffers."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        chunk = b"x" * 65536
+        for _ in range(int(request.query_params["mb"]) * 16):
+            yield chunk
+
+    return StreamingResponse(chunks())
+
+
+async def upload(request: Request) -> Response:
+    """Reads the whole body: a client that sends it slowly keeps this request in flight."""
+    body = await request.body()
+    return PlainTextResponse(f"read {len(body)} bytes\n")
+
+
+async def spawn_then_slow(request: Request) -> Response:
+    """Spawns a job first, then takes ``ms`` more before answering."""
+    job_id = request.query_params["id"]
+    spawn(record_after(int(request.query_params["job_ms"]), job_id), name=f"job-{job_id}")
+    try:
+        await anyio.sleep(int(request.query_params["ms"]) / 1000)
+    except asyncio.CancelledError:
+        record_event(f"handler-cancelled:{job_id}")
+        raise
+    record_event(f"handler-finished:{job_id}")
+    return PlainTextResponse("done\n")
+
+
+async def failing(request: Request) -> Response:
+    async def explode() -> None:
+        await anyio.sleep(int(request.query_params.get("ms", "0")) / 1000)
+        raise RuntimeError(f"job {request.query_params['id']} exploded")
+
+    spawn(explode(), name=f"fail-{request.query_params['id']}")
+    return JSONResponse({}, status_code=202)
+
+
+async def stubborn(job_id: str) -> None:
+    """Swallows every cancellation and keeps going."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            record_event(f"ignored-cancel:{job_id}")
+
+
+async def blocking(job_id: str, ms: int) -> None:
+    """Blocks the event loop for ``ms`` once the drain has started."""
+    await graceful_web.shutting_down().wait()
+    record_event(f"blocking:{job_id}")
+    time.sleep(ms / 1000)
+    append_job_record(job_id)
+
+
+async def fan_out(job_id: str, child_ms: list[int]) -> None:
+    """Once the drain has started, spawns one more job for each entry of ``child_ms``."""
+    await graceful_web.shutting_down().wait()
+    for n, ms in enumerate(child_ms, start=1):
+        spawn(record_after(ms, f"{job_id}-child-{n}"), name=f"{job_id}-child-{n}")
+    append_job_record(job_id)
+
+
+async def misbehaving(request: Request) -> Response:
+    """POST /misbehaving?kind=stubborn|block|fan-out&id=X&ms=N[,N...]"""
+    kind = request.query_params["kind"]
+    job_id = request.query_params["id"]
+    ms = [int(part) for part in request.query_params.get("ms", "0").split(",")]
+    if kind == "stubborn":
+        spawn(stubborn(job_id), name=job_id)
+    elif kind == "block":
+        spawn(blocking(job_id, ms[0]), name=job_id)
+    elif kind == "fan-out":
+        spawn(fan_out(job_id, ms), name=job_id)
+    else:
+        return PlainTextResponse(f"unknown kind {kind!r}\n", status_code=400)
+    return JSONResponse({"id": job_id}, status_code=202)
+
+
+def recording_requests(inner: Any) -> Any:
+    async def record(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            request_id = dict(scope["headers"]).get(b"x-request-id")
+            if request_id is not None:
+                record_event(f"start:{request_id.decode()}")
+        await inner(scope, receive, send)
+
+    return record
 
 
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -185,8 +282,15 @@ def build() -> Any:
             Route("/spawn-after", spawn_after),
             Route("/state", state),
             WebSocketRoute("/ws", websocket_ticker),
+            Route("/big", big),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/spawn-then-slow", spawn_then_slow),
+            Route("/failing", failing, methods=["POST"]),
+            Route("/misbehaving", misbehaving, methods=["POST"]),
         ]
     )
+    if os.environ.get("RECORD_REQUESTS") == "1":
+        return GracefulLifespan(recording_requests(inner), **options)
     return GracefulLifespan(inner, **options)
 
 
