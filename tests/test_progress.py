@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import json
 import logging
 import signal
 import time
 
 import anyio
 import pytest
+import structlog
 
 from graceful_web._core import Config, current_drain
 
@@ -166,3 +169,44 @@ def test_a_blocked_loop_delays_a_progress_line_but_brings_no_burst(
     # (remaining_s is rounded to the millisecond).
     gaps = [round(earlier - later, 3) for earlier, later in itertools.pairwise(remaining)]
     assert min(gaps) >= interval / 2 - 0.002, gaps
+
+
+def test_structlogs_stdlib_bridge_writes_the_fields_as_json_fields() -> None:
+    # The set-up the README gives for structlog: ExtraAdder copies a record's extra fields.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    log = logging.getLogger("graceful_web")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+
+    async def drain_one_request() -> None:
+        drain = current_drain()
+        drain.configure(Config.build(drain_timeout=5, progress_interval=0.05))
+        work = drain.request_started("GET /report", lambda: None)
+        drain.begin("SIGTERM")
+        await asyncio.sleep(0.2)
+        drain.discard(work)
+        await drain.wait()
+
+    try:
+        asyncio.run(drain_one_request())
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    started, finished = events[0], events[-1]
+    progress = [e for e in events if e["event"].startswith("draining:")]
+    assert (started["graceful_reason"], started["graceful_requests"]) == ("SIGTERM", 1)
+    assert progress and all(e.keys() >= FIELDS for e in progress), events
+    assert progress[0]["graceful_oldest_name"] == "GET /report"
+    assert (finished["graceful_drained_requests"], finished["graceful_abandoned"]) == (1, 0)
