@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
-from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -440,6 +440,18 @@ def service_log(run: Run) -> list[str]:
     return found
 
 
+_GLUE = "\u00a0"  # a space textwrap does not break at
+
+
+def fold_log_line(entry: str, width: int) -> list[str]:
+    """Fold a log line to ``width``, continuation lines indented, never between a number and
+    its unit nor inside a quoted name, so "(2.5 s)" and "'GET /slow'" stay whole."""
+    glued = re.sub(r"(\d) (s|ms)\b", rf"\1{_GLUE}\2", entry)
+    glued = re.sub(r"'[^']*'", lambda quoted: quoted.group(0).replace(" ", _GLUE), glued)
+    lines = textwrap.wrap(glued, width=width, subsequent_indent="  ", break_on_hyphens=False)
+    return [line.replace(_GLUE, " ") for line in lines]
+
+
 def summary(runs: list[Run], g: Glyphs) -> Table:
     table = Table(title="Summary", title_justify="left", box=None, pad_edge=False)
     for header in ("service", "requests", "jobs", "lost", "refused", f"signal{g.arrow}exit"):
@@ -484,7 +496,8 @@ def show(console: Console, runs: list[Run]) -> None:
         if log:
             console.print(" what the service logged (logger graceful_web):", style="dim")
             for entry in log:
-                console.print(Padding(Text(entry, style="dim"), (0, 0, 0, 3), expand=False))
+                for line in fold_log_line(entry, width - 3):
+                    console.print(Text("   " + line, style="dim"), no_wrap=True, crop=True)
     console.print()
     console.print(summary(runs, g))
 
