@@ -22,6 +22,11 @@ test: $(STAMP)
 	$(PY) -m mypy --strict graceful_web
 	$(PY) -m pytest -q tests
 
+# 200 start/stop cycles of each demo service under load (make test runs 10); prints the figures.
+SOAK_CYCLES ?= 200
+soak: $(STAMP)
+	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web
 	$(PY) -m mypy --strict graceful_web
