@@ -62,6 +62,7 @@ def test_in_flight_request_gets_its_full_response(start_server: StartServer, sig
     response = pending.result()
     assert response.status_code == 200
     assert response.text == "slept 1500 ms\n"
+    assert response.headers["connection"] == "close"  # sent during the drain
     assert server.wait_exit() == 0
 
 
@@ -188,15 +189,19 @@ def test_deadline_abandons_the_rest_reports_it_and_exits_75(start_server: StartS
     server = start_server(APP, env={"GRACEFUL_DRAIN_TIMEOUT": "1"})
     post_job(server, "too-long", 60_000)
     post_job(server, "quick", 200)
-    server.wait_in_flight(jobs=2)
+    endless = slow_request(server, 60_000)
+    server.wait_in_flight(requests=1, jobs=2)
     server.send(signal.SIGTERM)
     assert server.wait_exit(timeout=15) == 75
     assert server.jobs() == ["quick"]
-    # The on_abandoned callback received the job by name, so the app could re-queue it.
-    assert "abandoned:job:job-too-long" in server.events()
+    with pytest.raises(httpx.HTTPError):
+        endless.result()  # the abandoned request's connection is closed, not answered
+    # The on_abandoned callback received the work by name, so the app could re-queue it.
+    assert {"abandoned:job:job-too-long", "abandoned:request:GET /slow"} <= set(server.events())
     log = server.log()
     assert "abandoned job 'job-too-long' after 1." in log
-    assert "abandoned 1" in log
+    assert "abandoned request 'GET /slow' after 1." in log
+    assert "abandoned 2" in log
 
 
 def test_invalid_deadline_in_environment_fails_at_startup(start_server: StartServer) -> None:
@@ -232,7 +237,8 @@ def test_job_spawned_by_an_in_flight_request_during_the_drain_is_kept(
     start_server: StartServer,
 ) -> None:
     server = start_server(APP)
-    pending = Background(lambda: httpx.get(f"{server.url}/spawn-after?ms=800&id=follow", timeout=30))
+    url = f"{server.url}/spawn-after?ms=800&id=follow"
+    pending = Background(lambda: httpx.get(url, timeout=30))
     server.wait_in_flight(requests=1)
     server.send(signal.SIGTERM)
     assert pending.result().status_code == 200
