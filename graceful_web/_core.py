@@ -7,7 +7,9 @@ into four calls: ``configure`` at startup, ``begin`` when the stop signal arrive
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import contextlib
 import contextvars
 import enum
 import functools
@@ -17,7 +19,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -343,7 +344,7 @@ class Drain:
         self._abandoned_work: set[Work] = set()
         self._idle_waiters: list[Callable[[], None]] = []
         self._shutdown_waiters: list[Callable[[], None]] = []
-        self._watchdog: threading.Timer | None = None
+        self._watchdog: _thread.LockType | None = None  # released to disarm
         self._strong_jobs: set[asyncio.Task[Any]] = set()
         # What watches the drain (progress lines, the drain-started hook) runs only from
         # begin() to the end of the drain: nothing of it exists while serving.
@@ -378,6 +379,12 @@ class Drain:
     def configure(self, config: Config) -> None:
         self.config = config
         self.wired = True
+        # anyio imports its backend for this event loop at first use, which is begin() in the
+        # signal handler: that import (15 ms and more) would hold back closing the listener.
+        # Adapters configure at startup, on the loop: import it now. (Without a running loop
+        # there is nothing to import yet; begin() then imports it when needed.)
+        with contextlib.suppress(Exception):
+            anyio.get_cancelled_exc_class()
 
     # -- protected work ------------------------------------------------------------------
 
@@ -665,14 +672,17 @@ class Drain:
         if self._watchdog is not None or self.deadline is None:
             return
         delay = self.remaining() + HARD_EXIT_AFTER
-        timer = threading.Timer(delay, _hard_exit, args=(self,))
-        timer.daemon = True
-        timer.start()
-        self._watchdog = timer
+        # A bare thread waiting on a lock: unlike threading.Timer, starting it does not wait
+        # until the new thread runs, which would hold back the server's own stop when armed
+        # from the signal handler.
+        disarmed = _thread.allocate_lock()
+        disarmed.acquire()
+        _thread.start_new_thread(_hard_exit_unless_disarmed, (self, disarmed, delay))
+        self._watchdog = disarmed
 
     def disarm_watchdog(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
+            self._watchdog.release()
             self._watchdog = None
 
     def force(self, reason: str) -> None:
@@ -836,6 +846,11 @@ class Drain:
         event = anyio.Event()
         self._shutdown_waiters.append(event.set)
         await event.wait()
+
+
+def _hard_exit_unless_disarmed(drain: Drain, disarmed: _thread.LockType, delay: float) -> None:
+    if not disarmed.acquire(timeout=delay):
+        _hard_exit(drain)
 
 
 def _hard_exit(drain: Drain) -> None:
