@@ -636,7 +636,9 @@ class Drain:
             # Keep the beat; after the loop was blocked, start a new beat rather than catch
             # up with a burst of lines: two lines are always half an interval apart or more.
             next_at = next_at + interval if now - next_at < interval / 2 else now + interval
-            if self.phase is Phase.DRAINING and self._work:
+            # Past the deadline (or after a second signal) what is left is being cancelled,
+            # not drained: the abandoned lines have said so.
+            if self.phase is Phase.DRAINING and self._work and not self._abandoned_work:
                 self._log_progress()
 
     def _log_progress(self) -> None:

@@ -210,3 +210,26 @@ def test_structlogs_stdlib_bridge_writes_the_fields_as_json_fields() -> None:
     assert progress and all(e.keys() >= FIELDS for e in progress), events
     assert progress[0]["graceful_oldest_name"] == "GET /report"
     assert (finished["graceful_drained_requests"], finished["graceful_abandoned"]) == (1, 0)
+
+
+def test_no_progress_line_once_the_rest_is_abandoned(caplog: pytest.LogCaptureFixture) -> None:
+    async def slow_to_unwind() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.sleep(0.2))  # a rollback still runs after the cancel
+            raise
+
+    async def drain_past_the_deadline() -> None:
+        drain = current_drain()
+        drain.configure(Config.build(drain_timeout=0.3, progress_interval=0.05))
+        drain.spawn(slow_to_unwind(), name="rollback")
+        await drain.wait("test")
+
+    with caplog.at_level(logging.INFO, logger="graceful_web"):
+        asyncio.run(drain_past_the_deadline())
+    messages = [r.getMessage() for r in caplog.records]
+    abandoned_at = messages.index("abandoned job 'rollback' after 0.3 s")
+    assert any(m.startswith("draining:") for m in messages[:abandoned_at]), messages
+    # What is left after the deadline is being cancelled, not drained: no line counts it.
+    assert not [m for m in messages[abandoned_at:] if m.startswith("draining:")], messages
