@@ -32,7 +32,8 @@ class DemoOutput:
 @pytest.fixture(scope="module")
 def demo_output() -> DemoOutput:
     env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)}
-    env.pop("FORCE_COLOR", None)
+    for forces_a_terminal in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        env.pop(forces_a_terminal, None)
     result = subprocess.run(
         [sys.executable, "-m", "demo_services.demo"],
         cwd=ROOT,
