@@ -186,7 +186,7 @@ def test_client_leaving_mid_request_during_the_drain_loses_no_job(
     client = connect(server)
     try:
         client.sendall(
-            b"GET /spawn-then-slow?id=left&job_ms=700&ms=500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /spawn-then-slow?id=left&job_ms=1000&ms=1500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         )
         server.wait_in_flight(requests=1, jobs=1)
         server.send(signal.SIGTERM)
@@ -206,9 +206,9 @@ def test_job_swallowing_cancellation_cannot_hold_the_exit_and_every_job_is_named
 ) -> None:
     server = start(start_server, service, GRACEFUL_DRAIN_TIMEOUT="1")
     assert httpx.post(f"{server.url}/misbehaving?kind=stubborn&id=stubborn", timeout=5).is_success
-    assert httpx.post(f"{server.url}/failing?id=raiser&ms=200", timeout=5).status_code == 202
-    post_job(server, "well-behaved", 300)
-    server.wait_in_flight(jobs=3)
+    assert httpx.post(f"{server.url}/failing?id=raiser&ms=600", timeout=5).status_code == 202
+    post_job(server, "well-behaved", 600)
+    server.wait_in_flight(jobs=1)  # the stubborn one, at least
     server.send(signal.SIGTERM)
     status = exit_status_by_the_bound(server, 1)
     assert server.jobs() == ["well-behaved"]
@@ -236,7 +236,7 @@ def test_job_blocking_the_loop_within_the_deadline_finishes(
 ) -> None:
     server = start(start_server, service, GRACEFUL_DRAIN_TIMEOUT="3")
     assert httpx.post(f"{server.url}/misbehaving?kind=block&id=blocker&ms=600", timeout=5)
-    pending = slow_request(server, 300)
+    pending = slow_request(server, 1000)
     server.wait_in_flight(requests=1, jobs=1)
     server.send(signal.SIGTERM)
     assert pending.result().status_code == 200
@@ -440,7 +440,7 @@ def test_two_signals_in_a_row_end_in_one_consistent_outcome(
     start_server: StartServer, service: Service
 ) -> None:
     server = start(start_server, service, GRACEFUL_DRAIN_TIMEOUT="5")
-    post_job(server, "twice", 700)
+    post_job(server, "twice", 1500)
     server.wait_in_flight(jobs=1)
     server.send(signal.SIGTERM)
     server.send(signal.SIGTERM)  # back to back: the kernel may merge the two into one
@@ -492,7 +492,7 @@ def test_sighup_is_not_handled_by_default(start_server: StartServer, service: Se
 
 def test_sighup_drains_when_chosen_with_aiohttp(start_server: StartServer) -> None:
     server = start(start_server, AIOHTTP, SIGNALS="SIGINT,SIGTERM,SIGHUP")
-    post_job(server, "hup", 700)
+    post_job(server, "hup", 1500)
     server.wait_in_flight(jobs=1)
     server.send(signal.SIGHUP)
     assert exit_status_by_the_bound(server, 25) == 0
@@ -515,8 +515,9 @@ def test_sighup_keeps_the_servers_meaning_under_uvicorn_even_when_chosen(
 
 
 def test_server_stopping_by_itself_without_a_signal_drains(start_server: StartServer) -> None:
-    server = start_server(AIOHTTP.module, env={"MODE": "runner", "STOP_AFTER_MS": "1500"})
-    post_job(server, "no-signal", 1500)
+    # The job outlasts the moment the program stops the server.
+    server = start_server(AIOHTTP.module, env={"MODE": "runner", "STOP_AFTER_MS": "2500"})
+    post_job(server, "no-signal", 3000)
     assert server.wait_exit(timeout=20) == 0
     assert server.jobs() == ["no-signal"]
     log = server.log()
@@ -609,8 +610,8 @@ def test_readiness_tells_nothing_of_the_work_in_flight(
 ) -> None:
     server = start(start_server, service, GRACEFUL_PRE_STOP_DELAY="1")
     idle = readiness_answer(server)
-    pending = [slow_request(server, 1500) for _ in range(3)]
-    post_job(server, "busy", 1000)
+    pending = [slow_request(server, 2000) for _ in range(3)]
+    post_job(server, "busy", 2000)
     server.wait_in_flight(requests=3, jobs=1)
     assert readiness_answer(server) == idle == (200, b"ready\n")
     server.send(signal.SIGTERM)
