@@ -195,6 +195,7 @@ def test_client_leaving_mid_request_during_the_drain_loses_no_job(
         client.close()  # gone before its answer, with its job still running
     assert exit_status_by_the_bound(server, 3) == 0
     assert server.jobs() == ["left"]
+    assert "handler-finished:left" in server.events()  # neither server cancels the handler
     assert "abandoned 0" in server.log()
 
 
