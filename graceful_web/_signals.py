@@ -49,6 +49,12 @@ def _previous_python_handler(sig: signal.Signals) -> Chained | None:
     return call_previous
 
 
+def previous_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> Chained | None:
+    """The handler a server installed for ``sig`` (on the loop or with ``signal.signal``),
+    as a call that runs it; None when there is none."""
+    return _previous_loop_handler(loop, sig) or _previous_python_handler(sig)
+
+
 class Installed:
     """Our handlers for a set of signals, with the handlers they replaced."""
 

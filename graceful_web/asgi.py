@@ -55,6 +55,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
 #: How often a worker of a multi-process hypercorn looks at its parent's stop event.
 SHUTDOWN_EVENT_POLL = 0.05
+#: After a drain that abandoned work, how long the server gets to send lifespan shutdown, and
+#: how long the inner app's shutdown may then take, before the process exits with the drain's
+#: status. Both fit inside the watchdog's margin after the deadline.
+SERVER_SHUTDOWN_WAIT = 0.1
+INNER_SHUTDOWN_BOUND = 0.3
 
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
@@ -243,6 +248,13 @@ class _Lifespan:
         self.from_inner = from_inner
         self.from_inner_send = from_inner_send
         self.inner_error: BaseException | None = None
+        self.inner_has_lifespan = False
+        self.inner_shutdown_lock = anyio.Lock()
+        self.inner_shutdown_reply: Message | None = None
+        self.shutdown_requested = anyio.Event()  # the server sent lifespan.shutdown
+        # How to stop the server for each signal the drain starts on (the server's own
+        # handler for that signal, or its handler for SIGTERM for a signal it ignores).
+        self.server_stop: dict[signal.Signals, Callable[[], object]] = {}
 
     async def run(self) -> None:
         message = await self.receive()
@@ -275,29 +287,37 @@ class _Lifespan:
     async def _serve(
         self, task_group: anyio.abc.TaskGroup, drain: Drain, *, inner_has_lifespan: bool
     ) -> None:
+        self.inner_has_lifespan = inner_has_lifespan
         self._install_signals()
         task_group.start_soon(self._drain_once_shutting_down, drain)
         task_group.start_soon(self._watch_hypercorn_parent, drain)
         await self.send({"type": "lifespan.startup.complete"})
 
         await self.receive()  # lifespan.shutdown
+        self.shutdown_requested.set()
         drain.begin("shutdown")
         await self.drained.wait()
-        shutdown_reply: Message = {"type": "lifespan.shutdown.complete"}
-        if inner_has_lifespan:
-            await self.to_inner.send({"type": "lifespan.shutdown"})
-            inner_reply = await self.from_inner.receive()
-            if inner_reply is not None:
-                shutdown_reply = inner_reply
-            elif self.inner_error is not None:
-                shutdown_reply = {
-                    "type": "lifespan.shutdown.failed",
-                    "message": repr(self.inner_error),
-                }
+        shutdown_reply = await self._shut_inner_down()
         self._uninstall_signals()
         self._exit_if_work_was_lost()
         await self.send(shutdown_reply)
         task_group.cancel_scope.cancel()
+
+    async def _shut_inner_down(self) -> Message:
+        """Run the inner app's lifespan shutdown, once, whoever asks first."""
+        async with self.inner_shutdown_lock:
+            if self.inner_shutdown_reply is not None:
+                return self.inner_shutdown_reply
+            reply: Message = {"type": "lifespan.shutdown.complete"}
+            if self.inner_has_lifespan:
+                await self.to_inner.send({"type": "lifespan.shutdown"})
+                inner_reply = await self.from_inner.receive()
+                if inner_reply is not None:
+                    reply = inner_reply
+                elif self.inner_error is not None:
+                    reply = {"type": "lifespan.shutdown.failed", "message": repr(self.inner_error)}
+            self.inner_shutdown_reply = reply
+            return reply
 
     async def _run_inner(self) -> None:
         try:
@@ -316,8 +336,23 @@ class _Lifespan:
         # Runs the drain from its first moment, so the deadline is kept even while the
         # server is still waiting for connections to close.
         await drain.wait_shutting_down()
-        self.report = await drain.wait(drain.reason or "shutdown")
+        report = self.report = await drain.wait(drain.reason or "shutdown")
         self.drained.set()
+        if not self.signalled or report.exit_code == 0:
+            return
+        # Work was abandoned or the drain was forced, and a server may now wait on without
+        # end (uvicorn, for a connection whose response can never be flushed) or skip lifespan
+        # shutdown altogether (uvicorn after a second SIGINT). Give it a moment to send the
+        # shutdown; otherwise shut the inner app down here and exit with the drain's status,
+        # well before the watchdog's hard exit.
+        with anyio.move_on_after(SERVER_SHUTDOWN_WAIT):
+            await self.shutdown_requested.wait()
+        if self.shutdown_requested.is_set():
+            return
+        with anyio.move_on_after(INNER_SHUTDOWN_BOUND):
+            await self._shut_inner_down()
+        self._uninstall_signals()
+        _exit_now(report.exit_code)
 
     # -- signals -------------------------------------------------------------------------
 
@@ -329,17 +364,28 @@ class _Lifespan:
         except RuntimeError:
             self._install_trio_signals()
             return
-        servers_own = [sig for sig in self.owner.config.signals if _server_handles(loop, sig)]
-        for sig in servers_own:
-            server = getattr(signal.getsignal(sig), "__self__", None)
-            if isinstance(getattr(server, "_captured_signals", None), list):
-                self.reraising_server = server
-        # A signal the server does not handle keeps its meaning (ignored in a worker whose
-        # parent decides, or the default): the drain follows the server's stop, not ours.
-        if servers_own:
-            self.installed = _signals.install(
-                loop, servers_own, lambda sig: self._on_signal(loop, sig)
-            )
+        # The server's way to stop: its handler for SIGTERM (or SIGINT). A signal the server
+        # does not handle itself but the app chose (SIGHUP, say) stops it that same way.
+        stop_signal = next(
+            (sig for sig in (signal.SIGTERM, signal.SIGINT) if _server_handles(loop, sig)), None
+        )
+        if stop_signal is None:
+            # Nothing here stops the server on a signal (a worker whose parent decides, as in
+            # multi-process hypercorn): leave every signal its meaning; the drain follows the
+            # server's own stop.
+            return
+        server = getattr(signal.getsignal(stop_signal), "__self__", None)
+        if isinstance(getattr(server, "_captured_signals", None), list):
+            self.reraising_server = server
+        stop_handler = _signals.previous_handler(loop, stop_signal)
+        for sig in self.owner.config.signals:
+            own = _signals.previous_handler(loop, sig) if _server_handles(loop, sig) else None
+            handler = own or stop_handler
+            if handler is not None:
+                self.server_stop[sig] = handler
+        self.installed = _signals.install(
+            loop, list(self.server_stop), lambda sig: self._on_signal(loop, sig)
+        )
 
     def _install_trio_signals(self) -> None:
         trio = sys.modules.get("trio")
@@ -400,24 +446,32 @@ class _Lifespan:
     def _on_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
         drain = self.drain
         assert drain is not None
-        installed = self.installed
+        stop_server = self.server_stop.get(sig)
         if drain.draining and self.signalled:
             drain.force(sig.name)
             _register_forced_exit(drain)
-            if installed is not None:
-                installed.chain(sig)
+            if stop_server is not None:
+                stop_server()
+            # The forced status is the one to leave with, not a re-raised first signal.
+            self._forget_captured_signals()
             return
         self.signalled = True
         drain.begin(sig.name)
         drain.arm_watchdog()
         delay = self.owner.config.pre_stop_delay
-        if installed is None:
+        if stop_server is None:
             return
         if delay > 0:
             logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
-            loop.call_later(delay, installed.chain, sig)
+            loop.call_later(delay, stop_server)
         else:
-            installed.chain(sig)
+            stop_server()
+
+    def _forget_captured_signals(self) -> None:
+        captured = getattr(self.reraising_server, "_captured_signals", None)
+        if isinstance(captured, list):
+            handled = set(self.owner.config.signals) | {signal.SIGINT, signal.SIGTERM}
+            captured[:] = [sig for sig in captured if sig not in handled]
 
     def _uninstall_signals(self) -> None:
         if self.installed is not None:
@@ -445,10 +499,7 @@ class _Lifespan:
         if report is None or not self.signalled:
             return
         if report.exit_code == 0:
-            captured = getattr(self.reraising_server, "_captured_signals", None)
-            if isinstance(captured, list):
-                handled = set(self.owner.config.signals)
-                captured[:] = [sig for sig in captured if sig not in handled]
+            self._forget_captured_signals()
             return
         # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
         # one way an orchestrator learns that work was abandoned, so it is set here, once the
