@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
@@ -48,6 +49,8 @@ class _AppState:
     server_task: asyncio.Task[object] | None = None
     server_stopped: bool = False
     cancelled_server_task: bool = False
+    # The aiohttp servers this app's requests came through (see _close_idle_connections).
+    servers: weakref.WeakSet[web.Server] = field(default_factory=weakref.WeakSet)
 
 
 _STATE = web.AppKey("graceful_web_state", _AppState)
@@ -168,6 +171,28 @@ async def _on_shutdown(app: web.Application) -> None:
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
+    await _close_idle_connections(state)
+
+
+# asyncio takes this many loop turns from accepting a connection to the first step of
+# aiohttp's handler for it: accept task, transport, connection_made, handler task.
+_ACCEPT_TURNS = 4
+
+
+async def _close_idle_connections(state: _AppState) -> None:
+    """Close, once more, the connections that have no request in progress.
+
+    aiohttp closes idle connections once, right after closing the listeners and before the
+    drain. A connection accepted a moment before that has not started reading yet, so it is
+    only marked closing: aiohttp then ignores the request that arrives on it and waits for that
+    request anyway, for run_app's whole shutdown_timeout (60 s), well past the drain deadline.
+    Its request never reached the application, so closing it loses nothing: a proxy in front
+    sees the connection closed and may send the request to another instance.
+    """
+    for _ in range(_ACCEPT_TURNS):
+        await asyncio.sleep(0)
+    for server in list(state.servers):
+        server.pre_shutdown()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -196,6 +221,7 @@ class _GracefulMiddleware:
         return 1
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        _remember_server(request)
         drain = current_drain()
         readiness_path = drain.config.readiness_path
         if readiness_path is not None and request.path == readiness_path:
@@ -219,6 +245,15 @@ class _GracefulMiddleware:
 
     def __repr__(self) -> str:
         return "graceful_web.aiohttp.graceful_middleware"
+
+
+def _remember_server(request: web.Request) -> None:
+    # aiohttp offers no public way from an app to the server that runs it.
+    server = getattr(request.protocol, "_manager", None)
+    if isinstance(server, web.Server):
+        state = request.config_dict.get(_STATE)
+        if state is not None:
+            state.servers.add(server)
 
 
 def _readiness(drain: Drain) -> web.Response:
