@@ -132,8 +132,9 @@ def run_scenario(compose: Compose, jobs_dir: Path, graceful: bool) -> Scenario:
         for service, run in scenario.runs.items():
             port = compose.ports[service]
             wait_until(
-                lambda port=port, run=run: {r.client_port for r in run.requests}
-                <= accepted_connections(port),
+                lambda port=port, run=run: (
+                    {r.client_port for r in run.requests} <= accepted_connections(port)
+                ),
                 10,
                 f"{service} to accept the slow requests",
             )
