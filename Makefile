@@ -27,6 +27,11 @@ SOAK_CYCLES ?= 200
 soak: $(STAMP)
 	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
 
+# The demo services under a real Docker engine: docker compose stop drains, and a rolling restart
+# behind nginx under load. As root on Debian it installs and starts what it needs (docker/test-docker.sh).
+test-docker: $(STAMP)
+	PY=$(PY) bash docker/test-docker.sh
+
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web
 	$(PY) -m mypy --strict graceful_web
