@@ -206,5 +206,7 @@ export BASE_IMAGE NGINX_BASE_IMAGE=${NGINX_BASE_IMAGE:-$BASE_IMAGE}
 export PIP_INSTALL_OPTIONS="--no-index --find-links=/src/.docker-cache/wheels"
 status=0
 "$PY" -m pytest -q -s -p no:cacheprovider tests/docker || status=$?
+# Older builds of the demo images, left untagged by this one (only images this project labels).
+docker image prune -f --filter label=graceful-web.demo >/dev/null || true
 log "finished in $(elapsed) with status $status"
 exit "$status"
