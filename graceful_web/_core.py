@@ -298,20 +298,30 @@ def parse_signals(
 class Work:
     """One piece of protected work: an in-flight request or a background job."""
 
-    __slots__ = ("__weakref__", "cancel", "future", "kind", "name", "started")
+    __slots__ = ("__weakref__", "_cancel", "future", "kind", "name", "started")
 
     def __init__(
         self,
         kind: WorkKind,
         name: str,
-        cancel: Callable[[], object],
+        cancel: Callable[[], object] | None,
         future: asyncio.Future[Any] | None = None,
     ) -> None:
+        if cancel is None and future is None:
+            raise TypeError("Work needs a cancel callable or a future to cancel")
         self.kind = kind
         self.name = name
         self.started = time.monotonic()
-        self.cancel = cancel
+        self._cancel = cancel
         self.future = future  # the job's task or future, so a runner can tell it from the rest
+
+    @property
+    def cancel(self) -> Callable[[], object]:
+        """Cancels the work; without a callable of its own, its future's ``cancel``."""
+        if self._cancel is not None:
+            return self._cancel
+        assert self.future is not None
+        return self.future.cancel
 
 
 # True inside a request or job that is itself protected: work it spawns during the drain is
@@ -345,7 +355,12 @@ class Drain:
         self._idle_waiters: list[Callable[[], None]] = []
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._watchdog: _thread.LockType | None = None  # released to disarm
-        self._strong_jobs: set[asyncio.Task[Any]] = set()
+        # Each asyncio job's task with its Work. It holds the task until it is done (the loop
+        # keeps only weak references to tasks), and lets one callback, bound once here, serve
+        # every job: a spawn allocates as little as it can, as each object it leaves alive
+        # makes every garbage collection longer while many jobs are pending.
+        self._job_work: dict[asyncio.Task[Any], Work] = {}
+        self._on_job_done = self._job_done
         # What watches the drain (progress lines, the drain-started hook) runs only from
         # begin() to the end of the drain: nothing of it exists while serving.
         self._watchers: set[asyncio.Task[Any]] = set()
@@ -431,6 +446,8 @@ class Drain:
             self._wake_idle_waiters()
 
     def _wake_idle_waiters(self) -> None:
+        if not self._idle_waiters:
+            return  # the usual case while serving: no new list for every request
         waiters, self._idle_waiters = self._idle_waiters, []
         for wake in waiters:
             wake()
@@ -453,17 +470,17 @@ class Drain:
             coro.close()  # never awaited, so close it rather than leave a warning behind
             raise
         context = contextvars.copy_context()
-        context.run(_inside_protected.set, True)
+        if not _inside_protected.get():
+            context.run(_inside_protected.set, True)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return self._spawn_trio(coro, name, context)
         task: asyncio.Task[T] = loop.create_task(coro, name=name, context=context)
-        work = Work("job", task.get_name(), task.cancel, task)
+        work = Work("job", task.get_name(), None, task)
         self.add(work)
-        # The loop keeps only weak references to tasks: hold the job until it is done.
-        self._strong_jobs.add(task)
-        task.add_done_callback(lambda done: self._job_done(work, done))
+        self._job_work[task] = work
+        task.add_done_callback(self._on_job_done, context=context)
         return task
 
     def _spawn_trio(
@@ -505,8 +522,8 @@ class Drain:
         # Under trio the handle is a TrioJob (cancel(), done(), result(), await wait()).
         return job  # type: ignore[return-value]
 
-    def _job_done(self, work: Work, task: asyncio.Task[Any]) -> None:
-        self._strong_jobs.discard(task)
+    def _job_done(self, task: asyncio.Task[Any]) -> None:
+        work = self._job_work.pop(task)
         failed = False
         if not task.cancelled():
             exc = task.exception()
@@ -518,6 +535,12 @@ class Drain:
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )
         self.discard(work, failed=failed)
+        if not self._job_work:
+            # Sets and dicts keep the room they once grew to: after a burst of jobs, let that
+            # memory go once none is left.
+            self._job_work = {}
+            if not self._work:
+                self._work = set()
 
     # -- the drain -----------------------------------------------------------------------
 
@@ -898,11 +921,21 @@ def _loop_key() -> object:
     )
 
 
+# The drain asked for last, with a weak reference to its loop: every request and job asks,
+# and most processes run one loop, so most lookups end here instead of in the dictionary.
+_last_drain: tuple[weakref.ref[object], Drain] | None = None
+
+
 def current_drain() -> Drain:
+    global _last_drain
     key = _loop_key()
+    last = _last_drain
+    if last is not None and last[0]() is key:
+        return last[1]
     drain = _drains.get(key)
     if drain is None:
         drain = _drains[key] = Drain()
+    _last_drain = (weakref.ref(key), drain)
     return drain
 
 
