@@ -456,7 +456,8 @@ class Drain:
         """Register an in-flight request. During the drain a request still gets in through an
         already-open connection; it is served, as the listener is already closed."""
         work = Work("request", name, cancel)
-        self.add(work)
+        self._work.add(work)  # add(), inline: this runs for every request
+        self._requests += 1
         return work
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
@@ -927,11 +928,17 @@ _last_drain: tuple[weakref.ref[object], Drain] | None = None
 
 
 def current_drain() -> Drain:
+    last = _last_drain
+    if last is not None:
+        loop = asyncio.events._get_running_loop()  # None, not an exception, without a loop
+        if loop is not None and last[0]() is loop:
+            return last[1]
+    return _find_drain()
+
+
+def _find_drain() -> Drain:
     global _last_drain
     key = _loop_key()
-    last = _last_drain
-    if last is not None and last[0]() is key:
-        return last[1]
     drain = _drains.get(key)
     if drain is None:
         drain = _drains[key] = Drain()

@@ -221,7 +221,9 @@ class _GracefulMiddleware:
         return 1
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        _remember_server(request)
+        last = _last_server
+        if last is None or last() is not getattr(request.protocol, "_manager", None):
+            _remember_server(request)
         drain = current_drain()
         readiness_path = drain.config.readiness_path
         if readiness_path is not None and request.path == readiness_path:
@@ -247,13 +249,20 @@ class _GracefulMiddleware:
         return "graceful_web.aiohttp.graceful_middleware"
 
 
+# The server the last request came through. A server runs one app, so once seen it is
+# remembered in that app's state: the lookup through the app chain is not done per request.
+_last_server: weakref.ref[web.Server] | None = None
+
+
 def _remember_server(request: web.Request) -> None:
+    global _last_server
     # aiohttp offers no public way from an app to the server that runs it.
     server = getattr(request.protocol, "_manager", None)
     if isinstance(server, web.Server):
         state = request.config_dict.get(_STATE)
         if state is not None:
             state.servers.add(server)
+            _last_server = weakref.ref(server)
 
 
 def _readiness(drain: Drain) -> web.Response:
