@@ -32,6 +32,12 @@ soak: $(STAMP)
 test-docker: $(STAMP)
 	PY=$(PY) bash docker/test-docker.sh
 
+# What graceful_web costs while serving and how fast it stops, side by side with the bare
+# servers (a few minutes); writes bench/results.md and the table in README.md. Needs wrk.
+bench: $(STAMP)
+	bash bench/install_wrk.sh
+	$(PY) -m bench
+
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web
 	$(PY) -m mypy --strict graceful_web

@@ -1,0 +1,67 @@
+"""What the bench apps share: the slow-work counters, the done-time record and logging.
+
+Times are ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for the whole machine on Linux), so
+the bench runner can subtract them from its own readings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+
+def graceful_enabled() -> bool:
+    return os.environ.get("GRACEFUL", "1") != "0"
+
+
+def empty_middleware() -> bool:
+    """EMPTY_MIDDLEWARE=1 (with GRACEFUL=0): the bare app behind a middleware that only passes
+    each request on, to show what the server charges for any middleware at all."""
+    return os.environ.get("EMPTY_MIDDLEWARE") == "1"
+
+
+class InFlight:
+    """Slow requests started and still running, counted the same way with and without the
+    library, so both variants answer ``/stats`` alike."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.running = 0
+
+    def as_json(self) -> str:
+        # The server's own CPU time, read from outside around a load run: CPU per request is
+        # steadier than throughput on a machine that also runs other work.
+        cpu = time.process_time()
+        return f'{{"started": {self.started}, "running": {self.running}, "cpu": {cpu:.6f}}}'
+
+
+class DoneRecord:
+    """Appends the monotonic time at which a piece of slow work finished, one line each."""
+
+    def __init__(self) -> None:
+        path = os.environ.get("DONE_FILE")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else None
+
+    def mark(self, what: str) -> None:
+        if self._fd is not None:
+            os.write(self._fd, f"{time.monotonic():.6f} {what}\n".encode())
+
+
+class _MonotonicStamp(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.mono = time.monotonic()
+        return True
+
+
+def configure_logging() -> None:
+    """The library's lines go to stderr stamped with the monotonic clock (the runner reads
+    the time of "drain started" from them)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_MonotonicStamp())
+    handler.setFormatter(logging.Formatter("%(mono).6f %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("graceful_web").setLevel(logging.INFO)

@@ -1,0 +1,106 @@
+"""The smallest aiohttp app the benchmarks need; ``GRACEFUL=0`` runs it without graceful_web.
+
+GET /fast, GET /slow?ms=N, POST /jobs?ms=N (a protected job with the library, a bare task
+without), GET /stats (slow requests started / running), GET /healthz. HOST, PORT, DONE_FILE,
+GRACEFUL_DRAIN_TIMEOUT from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ._app_common import (
+    DoneRecord,
+    InFlight,
+    configure_logging,
+    empty_middleware,
+    graceful_enabled,
+)
+
+in_flight = InFlight()
+done = DoneRecord()
+_bare_jobs: set[asyncio.Task[Any]] = set()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def fast(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def slow(request: web.Request) -> web.Response:
+    in_flight.started += 1
+    in_flight.running += 1
+    try:
+        await asyncio.sleep(int(request.query.get("ms", "1000")) / 1000)
+    finally:
+        in_flight.running -= 1
+    done.mark("request")
+    return web.Response(text="slept\n")
+
+
+async def job(ms: int) -> None:
+    await asyncio.sleep(ms / 1000)
+    done.mark("job")
+
+
+async def create_job(request: web.Request) -> web.Response:
+    ms = int(request.query.get("ms", "1000"))
+    if graceful_enabled():
+        from graceful_web import spawn
+
+        spawn(job(ms), name="bench-job")
+    else:
+        task = asyncio.create_task(job(ms))
+        _bare_jobs.add(task)
+        task.add_done_callback(_bare_jobs.discard)
+    return web.Response(status=202, text="accepted\n")
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.Response(text=in_flight.as_json(), content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="alive\n")
+
+
+@web.middleware
+async def passes_on(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await handler(request)
+
+
+def make_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/fast", fast)
+    app.router.add_get("/slow", slow)
+    app.router.add_post("/jobs", create_job)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    if graceful_enabled():
+        from graceful_web.aiohttp import setup
+
+        setup(app)  # deadline from GRACEFUL_DRAIN_TIMEOUT
+    elif empty_middleware():
+        app.middlewares.append(passes_on)
+    return app
+
+
+def main() -> None:
+    configure_logging()
+    web.run_app(
+        make_app(),
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ["PORT"]),
+        backlog=4096,  # 10 000 clients connect at once in the in-flight benchmark
+        print=None,
+        access_log=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The smallest Starlette app the benchmarks need, served by uvicorn or hypercorn;
+``GRACEFUL=0`` serves it bare, otherwise it is wrapped in ``GracefulLifespan``.
+
+The same routes as bench/aiohttp_app.py: GET /fast, GET /slow?ms=N, POST /jobs?ms=N,
+GET /stats, GET /healthz. DONE_FILE and GRACEFUL_DRAIN_TIMEOUT from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ._app_common import (
+    DoneRecord,
+    InFlight,
+    configure_logging,
+    empty_middleware,
+    graceful_enabled,
+)
+
+in_flight = InFlight()
+done = DoneRecord()
+_bare_jobs: set[asyncio.Task[Any]] = set()
+
+
+async def fast(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
+async def slow(request: Request) -> Response:
+    in_flight.started += 1
+    in_flight.running += 1
+    try:
+        await asyncio.sleep(int(request.query_params.get("ms", "1000")) / 1000)
+    finally:
+        in_flight.running -= 1
+    done.mark("request")
+    return PlainTextResponse("slept\n")
+
+
+async def job(ms: int) -> None:
+    await asyncio.sleep(ms / 1000)
+    done.mark("job")
+
+
+async def create_job(request: Request) -> Response:
+    ms = int(request.query_params.get("ms", "1000"))
+    if graceful_enabled():
+        from graceful_web import spawn
+
+        spawn(job(ms), name="bench-job")
+    else:
+        task = asyncio.create_task(job(ms))
+        _bare_jobs.add(task)
+        task.add_done_callback(_bare_jobs.discard)
+    return PlainTextResponse("accepted\n", status_code=202)
+
+
+async def stats(request: Request) -> Response:
+    return Response(in_flight.as_json(), media_type="application/json")
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("alive\n")
+
+
+def make_app() -> Any:
+    inner = Starlette(
+        routes=[
+            Route("/fast", fast),
+            Route("/slow", slow),
+            Route("/jobs", create_job, methods=["POST"]),
+            Route("/stats", stats),
+            Route("/healthz", healthz),
+        ]
+    )
+    if empty_middleware() and not graceful_enabled():
+
+        async def passes_on(scope: Any, receive: Any, send: Any) -> None:
+            await inner(scope, receive, send)
+
+        return passes_on
+    if not graceful_enabled():
+        return inner
+    from graceful_web.asgi import GracefulLifespan
+
+    return GracefulLifespan(inner)  # deadline from GRACEFUL_DRAIN_TIMEOUT
+
+
+configure_logging()
+app = make_app()

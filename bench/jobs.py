@@ -1,0 +1,162 @@
+"""Figure 4: 100 000 jobs, ``graceful_web.spawn`` against bare ``asyncio.create_task``.
+
+Each run is a fresh interpreter (``python -m bench.jobs MODE MEASURE N``) that starts N jobs
+waiting on one gate, lets them all reach it, opens the gate and waits until every job is
+done; with ``spawn`` it then runs the drain. ``time`` reports CPU time per job for starting
+them and for the whole life of a job; ``time-nogc`` the same with the garbage collector
+paused, which tells the library's own work from the collections that every object still
+alive makes longer; ``memory`` (a separate run, as tracemalloc slows allocation) reports the
+bytes held per pending job and what is still held after the drain, against the baseline
+taken before the first job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._harness import PY, ROOT, Spread
+
+MODES = ("task", "spawn")
+MEASURES = ("time", "time-nogc", "memory")
+JOBS = 100_000
+WARMUP_JOBS = 10_000
+
+
+async def _one_round(mode: str, n: int, memory: bool) -> dict[str, float]:
+    gate = asyncio.Event()
+    all_done = asyncio.Event()
+    left = n
+
+    async def job() -> None:
+        nonlocal left
+        await gate.wait()
+        left -= 1
+        if left == 0:
+            all_done.set()
+
+    start: Callable[[], Any]
+    if mode == "spawn":
+        import graceful_web
+
+        def start() -> Any:
+            return graceful_web.spawn(job())
+    else:
+
+        def start() -> Any:
+            return asyncio.create_task(job())
+
+    gc.collect()
+    baseline = tracemalloc.get_traced_memory()[0] if memory else 0
+    began = time.process_time()
+    for _ in range(n):
+        start()
+    created = time.process_time()
+    await asyncio.sleep(0)  # every job runs up to the gate
+    pending = tracemalloc.get_traced_memory()[0] if memory else 0
+    gate.set()
+    await all_done.wait()
+    finished = time.process_time()
+    for _ in range(3):
+        await asyncio.sleep(0)  # done callbacks of the last jobs
+    if mode == "spawn":
+        from graceful_web._core import current_drain
+
+        report = await current_drain().wait("bench")
+        if report.drained_jobs or report.abandoned:
+            raise RuntimeError(f"jobs were still protected after they finished: {report}")
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0] if memory else 0
+    return {
+        "start_us": (created - began) / n * 1e6,
+        "total_us": (finished - began) / n * 1e6,
+        "pending_bytes_per_job": (pending - baseline) / n,
+        "after_drain_bytes": float(after - baseline),
+    }
+
+
+def child(mode: str, measure: str, n: int) -> dict[str, float]:
+    memory = measure == "memory"
+
+    if mode == "spawn":
+        import graceful_web  # imported before the baseline, as an app would have it
+
+        _ = graceful_web
+    # A warm-up round on a loop of its own (the drain is per loop and ends with the round).
+    asyncio.run(_one_round(mode, WARMUP_JOBS, memory=False))
+    if memory:
+        tracemalloc.start()
+    if measure == "time-nogc":
+        gc.collect()
+        gc.disable()
+    return asyncio.run(_one_round(mode, n, memory))
+
+
+def _run_child(mode: str, measure: str, n: int) -> dict[str, float]:
+    done = subprocess.run(
+        [PY, "-m", "bench.jobs", mode, measure, str(n)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.jobs {mode} {measure} failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@dataclass
+class JobFigures:
+    n: int
+    runs: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
+
+    def spread(self, mode: str, measure: str, key: str) -> Spread:
+        return Spread.of([run[key] for run in self.runs[(mode, measure)]])
+
+    def extra_us(self, measure: str = "time") -> Spread:
+        """Per job, spawn's whole-life time minus create_task's, pair by pair."""
+        pairs = zip(self.runs[("task", measure)], self.runs[("spawn", measure)], strict=True)
+        return Spread.of([spawn["total_us"] - task["total_us"] for task, spawn in pairs])
+
+
+def measure(pairs: int, n: int = JOBS) -> JobFigures:
+    figures = JobFigures(n)
+    for measure_kind in MEASURES:
+        for _ in range(pairs):
+            for mode in MODES:
+                figures.runs.setdefault((mode, measure_kind), []).append(
+                    _run_child(mode, measure_kind, n)
+                )
+    return figures
+
+
+def show(figures: JobFigures) -> str:
+    lines = [f"{figures.n} jobs"]
+    for mode in MODES:
+        lines.append(
+            f"  {mode:6s} start {figures.spread(mode, 'time', 'start_us').show(2)} µs/job, "
+            f"whole life {figures.spread(mode, 'time', 'total_us').show(2)} µs/job, "
+            f"pending {figures.spread(mode, 'memory', 'pending_bytes_per_job').show(0)} B/job, "
+            f"after drain {figures.spread(mode, 'memory', 'after_drain_bytes').show(0)} B"
+        )
+    lines.append(
+        f"  spawn extra {figures.extra_us().show(2)} µs/job, "
+        f"with the collector paused {figures.extra_us('time-nogc').show(2)} µs/job"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4:
+        print(json.dumps(child(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    else:
+        print(show(measure(pairs=int(sys.argv[1]) if len(sys.argv) > 1 else 3)))
