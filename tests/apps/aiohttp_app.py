@@ -13,26 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
-import graceful_web
-from demo_services._contract import append_job_record, configure_logging, jobs_file
-from demo_services.aiohttp_service import make_app, record_after
-from graceful_web import AbandonedWork, ShutdownInProgress, spawn
+from demo_services._contract import configure_logging
+from demo_services.aiohttp_service import make_app
+from graceful_web import spawn
 from graceful_web._core import current_drain
 from graceful_web.aiohttp import graceful_middleware
 
-_unprotected: set[asyncio.Task[Any]] = set()
-
-
-def record_event(line: str) -> None:
-    """What the tests check besides finished jobs goes to JOBS_FILE.events."""
-    with open(jobs_file() + ".events", "a") as events:
-        events.write(line + "\n")
+from ._work import (
+    keep_unprotected,
+    on_abandoned,
+    outsider,
+    record_after,
+    record_event,
+    spawn_misbehaving,
+    start_unprotected,
+)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -44,20 +43,8 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def unprotected(request: web.Request) -> web.Response:
-    ms = int(request.query["ms"])
     job_id = request.query["id"]
-
-    async def work() -> None:
-        try:
-            await asyncio.sleep(ms / 1000)
-        except asyncio.CancelledError:
-            record_event(f"cancelled:{job_id}")
-            raise
-        append_job_record(job_id)
-
-    task = asyncio.create_task(work())
-    _unprotected.add(task)
-    task.add_done_callback(_unprotected.discard)
+    start_unprotected(int(request.query["ms"]), job_id)
     return web.json_response({"id": job_id}, status=202)
 
 
@@ -108,44 +95,15 @@ async def spawn_then_slow(request: web.Request) -> web.Response:
     return web.Response(text="done\n")
 
 
-async def stubborn(job_id: str) -> None:
-    """Swallows every cancellation and keeps going."""
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            record_event(f"ignored-cancel:{job_id}")
-
-
-async def blocking(job_id: str, ms: int) -> None:
-    """Blocks the event loop for ``ms`` once the drain has started."""
-    await graceful_web.shutting_down().wait()
-    record_event(f"blocking:{job_id}")
-    time.sleep(ms / 1000)
-    append_job_record(job_id)
-
-
-async def fan_out(job_id: str, child_ms: list[int]) -> None:
-    """Once the drain has started, spawns one more job for each entry of ``child_ms``."""
-    await graceful_web.shutting_down().wait()
-    for n, ms in enumerate(child_ms, start=1):
-        spawn(record_after(ms, f"{job_id}-child-{n}"), name=f"{job_id}-child-{n}")
-    append_job_record(job_id)
-
-
 async def misbehaving(request: web.Request) -> web.Response:
     """POST /misbehaving?kind=stubborn|block|fan-out&id=X&ms=N[,N...]"""
     kind = request.query["kind"]
     job_id = request.query["id"]
     ms = [int(part) for part in request.query.get("ms", "0").split(",")]
-    if kind == "stubborn":
-        spawn(stubborn(job_id), name=job_id)
-    elif kind == "block":
-        spawn(blocking(job_id, ms[0]), name=job_id)
-    elif kind == "fan-out":
-        spawn(fan_out(job_id, ms), name=job_id)
-    else:
-        raise web.HTTPBadRequest(text=f"unknown kind {kind!r}\n")
+    try:
+        spawn_misbehaving(kind, job_id, ms)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
     return web.json_response({"id": job_id}, status=202)
 
 
@@ -165,23 +123,8 @@ async def slow_startup(app: web.Application) -> None:
     await asyncio.sleep(int(os.environ["STARTUP_DELAY_MS"]) / 1000)
 
 
-async def outsider(app: web.Application) -> None:
-    """An unprotected background loop that tries to spawn once the drain has started."""
-    await graceful_web.shutting_down().wait()
-    try:
-        spawn(record_after(0, "outsider-accepted"), name="outsider")
-    except ShutdownInProgress as exc:
-        record_event(f"outsider-refused: {exc}")
-
-
-def on_abandoned(abandoned: tuple[AbandonedWork, ...]) -> None:
-    for work in abandoned:
-        record_event(f"abandoned:{work.kind}:{work.name}")
-
-
 async def start_outsider(app: web.Application) -> None:
-    task = asyncio.create_task(outsider(app))
-    _unprotected.add(task)
+    keep_unprotected(asyncio.create_task(outsider()))
 
 
 def build() -> web.Application:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,19 +26,21 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import graceful_web
-from demo_services._contract import append_job_record, configure_logging, jobs_file, parse_ms
-from demo_services.asgi_service import build_starlette, record_after
-from graceful_web import AbandonedWork, ShutdownInProgress, spawn
+from demo_services._contract import configure_logging, parse_ms
+from demo_services.asgi_service import build_starlette
+from graceful_web import ShutdownInProgress, spawn
 from graceful_web._core import current_drain
 from graceful_web.asgi import GracefulLifespan
 
-_unprotected: set[asyncio.Task[Any]] = set()
-
-
-def record_event(line: str) -> None:
-    with open(jobs_file() + ".events", "a") as events:
-        events.write(line + "\n")
+from ._work import (
+    keep_unprotected,
+    on_abandoned,
+    outsider,
+    record_after,
+    record_event,
+    spawn_misbehaving,
+    start_unprotected,
+)
 
 
 async def stats(request: Request) -> Response:
@@ -82,18 +83,7 @@ async def background_recorded(request: Request) -> Response:
 async def unprotected(request: Request) -> Response:
     ms = int(request.query_params["ms"])
     job_id = request.query_params["id"]
-
-    async def work() -> None:
-        try:
-            await asyncio.sleep(ms / 1000)
-        except asyncio.CancelledError:
-            record_event(f"cancelled:{job_id}")
-            raise
-        append_job_record(job_id)
-
-    task = asyncio.create_task(work())
-    _unprotected.add(task)
-    task.add_done_callback(_unprotected.discard)
+    start_unprotected(ms, job_id)
     record_event(f"spawned:{job_id}")
     return JSONResponse({"id": job_id}, status_code=202)
 
@@ -135,24 +125,9 @@ async def inner_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         raise RuntimeError("the database is unreachable")
     if os.environ.get("OUTSIDER") == "1":
         # Started here, outside any request, like a queue consumer the app runs beside.
-        task = asyncio.create_task(outsider())
-        _unprotected.add(task)
+        keep_unprotected(asyncio.create_task(outsider()))
     yield {"db": "connected"}
     record_event("inner-shutdown")
-
-
-async def outsider() -> None:
-    """An unprotected background loop that tries to spawn once the drain has started."""
-    await graceful_web.shutting_down().wait()
-    try:
-        spawn(record_after(0, "outsider-accepted"), name="outsider")
-    except ShutdownInProgress as exc:
-        record_event(f"outsider-refused: {exc}")
-
-
-def on_abandoned(abandoned: tuple[AbandonedWork, ...]) -> None:
-    for work in abandoned:
-        record_event(f"abandoned:{work.kind}:{work.name}")
 
 
 async def big(request: Request) -> Response:
@@ -194,44 +169,15 @@ async def failing(request: Request) -> Response:
     return JSONResponse({}, status_code=202)
 
 
-async def stubborn(job_id: str) -> None:
-    """Swallows every cancellation and keeps going."""
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            record_event(f"ignored-cancel:{job_id}")
-
-
-async def blocking(job_id: str, ms: int) -> None:
-    """Blocks the event loop for ``ms`` once the drain has started."""
-    await graceful_web.shutting_down().wait()
-    record_event(f"blocking:{job_id}")
-    time.sleep(ms / 1000)
-    append_job_record(job_id)
-
-
-async def fan_out(job_id: str, child_ms: list[int]) -> None:
-    """Once the drain has started, spawns one more job for each entry of ``child_ms``."""
-    await graceful_web.shutting_down().wait()
-    for n, ms in enumerate(child_ms, start=1):
-        spawn(record_after(ms, f"{job_id}-child-{n}"), name=f"{job_id}-child-{n}")
-    append_job_record(job_id)
-
-
 async def misbehaving(request: Request) -> Response:
     """POST /misbehaving?kind=stubborn|block|fan-out&id=X&ms=N[,N...]"""
     kind = request.query_params["kind"]
     job_id = request.query_params["id"]
     ms = [int(part) for part in request.query_params.get("ms", "0").split(",")]
-    if kind == "stubborn":
-        spawn(stubborn(job_id), name=job_id)
-    elif kind == "block":
-        spawn(blocking(job_id, ms[0]), name=job_id)
-    elif kind == "fan-out":
-        spawn(fan_out(job_id, ms), name=job_id)
-    else:
-        return PlainTextResponse(f"unknown kind {kind!r}\n", status_code=400)
+    try:
+        spawn_misbehaving(kind, job_id, ms)
+    except ValueError as exc:
+        return PlainTextResponse(f"{exc}\n", status_code=400)
     return JSONResponse({"id": job_id}, status_code=202)
 
 
