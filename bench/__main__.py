@@ -54,7 +54,7 @@ def main() -> int:
     _say(jobs.show(job_figures))
 
     _say(f"5. {in_flight.REQUESTS} requests in flight: {IN_FLIGHT_PAIRS} pairs")
-    flight = in_flight.measure(IN_FLIGHT_PAIRS)
+    flight = in_flight.measure(IN_FLIGHT_PAIRS, tuple(http_servers))
     _say(in_flight.show(flight))
 
     results = report.Results(

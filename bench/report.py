@@ -99,11 +99,12 @@ def summary_table(results: Results) -> str:
         refused = stop.refused_spread(server, True)
         if refused_bare is None or refused is None:
             continue
-        target = "≤ 5 ms and ≤ bare" if server == "aiohttp" else "≤ bare"
-        ok = refused.median <= refused_bare.median and (server != "aiohttp" or refused.median <= 5)
+        verdict = f"≤ bare: {_verdict(refused.median <= refused_bare.median)}"
+        if server == "aiohttp":
+            verdict = f"≤ 5 ms: {_verdict(refused.median <= 5)}; {verdict}"
         rows.append(
             f"| signal → new connections refused, {server} | {refused_bare.median:.2f} ms "
-            f"| {refused.median:.2f} ms | {target}: {_verdict(ok)} |"
+            f"| {refused.median:.2f} ms | {verdict} |"
         )
     for server in results.stop_servers:
         request = stop.exit_spread(server, True, "request")
@@ -122,8 +123,8 @@ def summary_table(results: Results) -> str:
     extra = jobs.extra_us().median
     extra_nogc = jobs.extra_us("time-nogc").median
     rows.append(
-        f"| {jobs.n:,} jobs: CPU per job, start to done (collector paused) ".replace(",", " ")
-        + f"| {task_life:.1f} µs ({jobs.spread('task', 'time-nogc', 'total_us').median:.1f}) "
+        f"| {_num(jobs.n, 0)} jobs: CPU per job, start to done (collector paused) "
+        f"| {task_life:.1f} µs ({jobs.spread('task', 'time-nogc', 'total_us').median:.1f}) "
         f"| {spawn_life:.1f} µs ({jobs.spread('spawn', 'time-nogc', 'total_us').median:.1f}): "
         f"+{extra:.1f} (+{extra_nogc:.1f}) µs "
         f"| ≤ +2 µs: {_verdict(extra <= 2)} |"
@@ -131,8 +132,8 @@ def summary_table(results: Results) -> str:
     task_after = jobs.spread("task", "memory", "after_drain_bytes").median
     spawn_after = jobs.spread("spawn", "memory", "after_drain_bytes").median
     rows.append(
-        f"| {jobs.n:,} jobs: memory per pending job; held after the drain ".replace(",", " ")
-        + f"| {jobs.spread('task', 'memory', 'pending_bytes_per_job').median:.0f} B; "
+        f"| {_num(jobs.n, 0)} jobs: memory per pending job; held after the drain "
+        f"| {jobs.spread('task', 'memory', 'pending_bytes_per_job').median:.0f} B; "
         f"{_mib(task_after)} "
         f"| {jobs.spread('spawn', 'memory', 'pending_bytes_per_job').median:.0f} B; "
         f"{_mib(spawn_after)} "
@@ -375,9 +376,11 @@ def results_markdown(results: Results) -> str:
     add(
         "A client process opens one connection per request and sends `GET /slow` (the handler "
         "sleeps 4 s); once the server has started every request it gets SIGTERM. The deadline "
-        "is 30 s; bare aiohttp's `run_app` waits for handlers by itself too, up to its "
-        "`shutdown_timeout` (60 s). The file-descriptor limit is raised for the server and "
-        "the client. *Drain started* is the monotonic stamp of the library's log line."
+        "is 30 s. The bare servers wait for requests in flight by themselves too: aiohttp's "
+        "`run_app` up to its `shutdown_timeout` (60 s), uvicorn for as long as connections "
+        "are open, after which it kills itself with the SIGTERM it captured (exit status -15 "
+        "as the parent sees it). The file-descriptor limit is raised for the server and the "
+        "client. *Drain started* is the monotonic stamp of the library's log line."
     )
     add("")
     add(
