@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -24,7 +25,24 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+#: The figures of the last run, so the report can be written again without measuring again
+#: (``python -m bench --report``), e.g. after a change to its wording.
+SAVED = ROOT / "bench" / ".out" / "results.pickle"
+
+
+def write_report(results: report.Results) -> None:
+    report.RESULTS.write_text(report.results_markdown(results))
+    _say(f"wrote {report.RESULTS.relative_to(ROOT)}")
+    if report.update_readme(report.summary_table(results)):
+        _say("updated the table in README.md")
+    else:
+        _say("README.md has no bench markers: its table was left alone")
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--report"]:
+        write_report(pickle.loads(SAVED.read_bytes()))
+        return 0
     if shutil.which("wrk") is None:
         _say("make bench needs wrk, the HTTP load generator: apt-get install wrk")
         return 2
@@ -70,12 +88,9 @@ def main() -> int:
         in_flight=flight,
         not_measured=not_measured,
     )
-    report.RESULTS.write_text(report.results_markdown(results))
-    _say(f"wrote {report.RESULTS.relative_to(ROOT)}")
-    if report.update_readme(report.summary_table(results)):
-        _say("updated the table in README.md")
-    else:
-        _say("README.md has no bench markers: its table was left alone")
+    SAVED.parent.mkdir(parents=True, exist_ok=True)
+    SAVED.write_bytes(pickle.dumps(results))
+    write_report(results)
     _say(f"bench took {results.wall_s:.0f} s")
     return 0
 
