@@ -50,6 +50,8 @@ class Results:
 
 def _num(value: float, digits: int) -> str:
     text = f"{value:,.{digits}f}"
+    if float(text.replace(",", "")) == 0:
+        text = text.lstrip("-")  # no "-0.0" for a median a hair below zero
     return text.replace(",", " ")
 
 
@@ -90,7 +92,7 @@ def summary_table(results: Results) -> str:
             f"| {_num(graceful_rps, 0)}, {comparison.spread('graceful', 'p50_ms').median:.2f} / "
             f"{comparison.spread('graceful', 'p99_ms').median:.2f} ms; ratio {ratio:.3f}; "
             f"+{comparison.extra_cpu_us().median:.1f} µs CPU per request, of which an empty "
-            f"middleware costs {comparison.extra_cpu_us('middleware').median:.1f} "
+            f"middleware costs {_num(comparison.extra_cpu_us('middleware').median, 1)} "
             f"| ratio ≥ 0.98: {_verdict(ratio >= 0.98)} |"
         )
     stop = results.stopping
