@@ -345,6 +345,10 @@ class Drain:
         self.report: DrainReport | None = None
         self._work: set[Work] = set()
         self._requests = 0
+        # While serving, a request costs one dict entry (its task → how to name it, when it
+        # started); the Work objects the drain needs are made from these when it begins.
+        self._serving_requests: dict[Any, tuple[Callable[[Any], str], Any, float]] = {}
+        self._promoted_requests: dict[Any, Work] = {}
         self._jobs = 0
         self.drained_requests = 0
         self.drained_jobs = 0
@@ -452,6 +456,42 @@ class Drain:
         for wake in waiters:
             wake()
 
+    def enter_request(
+        self, task: asyncio.Task[Any], namer: Callable[[Any], str], source: Any
+    ) -> bool:
+        """Register the request ``task`` is serving; its name, ``namer(source)``, is made only
+        if the drain ever needs it. False when this task already has a request in flight (a
+        nested app's middleware): only the outer registration counts."""
+        if self.phase is Phase.SERVING:
+            requests = self._serving_requests
+            if task in requests:
+                return False
+            requests[task] = (namer, source, time.monotonic())
+            self._requests += 1
+            return True
+        if task in self._promoted_requests:
+            return False
+        self._promoted_requests[task] = self.request_started(namer(source), task.cancel)
+        return True
+
+    def exit_request(self, task: asyncio.Task[Any]) -> None:
+        """The request ``task`` was serving has ended (call it only when ``enter_request``
+        returned True)."""
+        if self._serving_requests.pop(task, None) is not None:
+            self._requests -= 1
+            return
+        work = self._promoted_requests.pop(task, None)
+        if work is not None:
+            self.discard(work)
+
+    def _promote_serving_requests(self) -> None:
+        for task, (namer, source, started) in self._serving_requests.items():
+            work = Work("request", namer(source), task.cancel)
+            work.started = started
+            self._work.add(work)
+            self._promoted_requests[task] = work
+        self._serving_requests.clear()
+
     def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
         """Register an in-flight request. During the drain a request still gets in through an
         already-open connection; it is served, as the listener is already closed."""
@@ -550,6 +590,7 @@ class Drain:
         if self.phase is not Phase.SERVING:
             return False
         self.phase = Phase.DRAINING
+        self._promote_serving_requests()
         self.reason = reason
         self.started_at = time.monotonic()
         self.deadline = self.started_at + self.config.drain_timeout

@@ -27,6 +27,7 @@ from ._core import (
     DrainFinishedCallback,
     DrainReport,
     DrainStartedCallback,
+    Phase,
     _inside_protected,
     current_drain,
 )
@@ -230,18 +231,19 @@ class _GracefulMiddleware:
             return _readiness(drain)
         task = asyncio.current_task()
         assert task is not None
-        work = drain.request_started(f"{request.method} {request.path}", task.cancel)
+        entered = drain.enter_request(task, _request_name, request)
         token = _inside_protected.set(True)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            if drain.draining:
+            if drain.phase is not Phase.SERVING:
                 exc.force_close()
             raise
         finally:
             _inside_protected.reset(token)
-            drain.discard(work)
-        if drain.draining:
+            if entered:
+                drain.exit_request(task)
+        if drain.phase is not Phase.SERVING:
             response.force_close()
         return response
 
@@ -263,6 +265,10 @@ def _remember_server(request: web.Request) -> None:
         if state is not None:
             state.servers.add(server)
             _last_server = weakref.ref(server)
+
+
+def _request_name(request: web.Request) -> str:
+    return f"{request.method} {request.path}"
 
 
 def _readiness(drain: Drain) -> web.Response:

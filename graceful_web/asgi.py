@@ -35,7 +35,6 @@ from ._core import (
     DrainReport,
     DrainStartedCallback,
     Phase,
-    Work,
     _inside_protected,
     current_drain,
 )
@@ -147,22 +146,7 @@ class GracefulLifespan:
         if self._readiness_path is not None and scope["path"] == self._readiness_path:
             await _answer_readiness(drain, send)
             return
-        name = f"{scope['method']} {scope['path']}"
-        task = _current_asyncio_task()
-        if task is None:
-            # trio: cancelling the request means cancelling a scope around it.
-            with anyio.CancelScope() as request_scope:
-                await self._http_protected(
-                    drain, drain.request_started(name, request_scope.cancel), scope, receive, send
-                )
-            return
-        await self._http_protected(
-            drain, drain.request_started(name, task.cancel), scope, receive, send
-        )
 
-    async def _http_protected(
-        self, drain: Drain, work: Work, scope: Scope, receive: Receive, send: Send
-    ) -> None:
         async def send_closing_when_draining(message: Message) -> None:
             # Once draining, the connection must not be reused: the client's next request
             # goes to another instance instead of to a closing socket.
@@ -170,6 +154,19 @@ class GracefulLifespan:
                 message = _with_connection_close(message)
             await send(message)
 
+        task = _current_asyncio_task()
+        if task is None:
+            # trio: cancelling the request means cancelling a scope around it.
+            with anyio.CancelScope() as request_scope:
+                work = drain.request_started(_request_name(scope), request_scope.cancel)
+                token = _inside_protected.set(True)
+                try:
+                    await self.app(scope, receive, send_closing_when_draining)
+                finally:
+                    _inside_protected.reset(token)
+                    drain.discard(work)
+            return
+        entered = drain.enter_request(task, _request_name, scope)
         token = _inside_protected.set(True)
         try:
             # Starlette/FastAPI background tasks run inside this call, after the response:
@@ -177,7 +174,8 @@ class GracefulLifespan:
             await self.app(scope, receive, send_closing_when_draining)
         finally:
             _inside_protected.reset(token)
-            drain.discard(work)
+            if entered:
+                drain.exit_request(task)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = current_drain()
@@ -568,6 +566,10 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None  # trio
+
+
+def _request_name(scope: Scope) -> str:
+    return f"{scope['method']} {scope['path']}"
 
 
 def _with_connection_close(message: Message) -> Message:

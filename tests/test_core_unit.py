@@ -199,3 +199,30 @@ def test_signal_fallback_routes_signals_through_the_loop() -> None:
         signal.signal(signal.SIGUSR1, previous)
     assert seen == [signal.SIGUSR1]
     assert chained == [signal.SIGUSR1]  # the handler it replaced is still reachable
+
+
+async def test_a_request_in_flight_at_the_drain_is_named_aged_and_drained() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=5))
+    release = asyncio.Event()
+
+    async def handler() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        assert drain.enter_request(task, lambda path: f"GET {path}", "/slow")
+        # A nested app's middleware on the same task does not count the request twice.
+        assert not drain.enter_request(task, lambda path: f"GET {path}", "/slow")
+        try:
+            await release.wait()
+        finally:
+            drain.exit_request(task)
+
+    request = asyncio.create_task(handler())
+    await asyncio.sleep(0)
+    assert drain.requests_in_flight == 1
+    drain.begin("test")
+    assert [(work.kind, work.name) for work in drain._work] == [("request", "GET /slow")]
+    release.set()
+    report = await drain.wait()
+    await request
+    assert (report.drained_requests, report.abandoned, drain.requests_in_flight) == (1, (), 0)
