@@ -86,11 +86,18 @@ class DrainReport:
     @property
     def exit_code(self) -> int:
         """The process exit status this drain calls for: 0 when nothing was abandoned."""
-        if self.forced and self.reason.startswith("SIG"):
-            signum = getattr(signal.Signals, self.reason, None)
-            if signum is not None:
-                return 128 + int(signum)
+        if self.forced:
+            forced = forced_exit_code(self.reason)
+            if forced is not None:
+                return forced
         return EXIT_ABANDONED if self.abandoned else 0
+
+
+def forced_exit_code(reason: str) -> int | None:
+    """128 + the signal's number, as a shell reports a process ended by a signal, when a
+    second signal named ``reason`` forced the exit; None when ``reason`` names no signal."""
+    signum = getattr(signal.Signals, reason, None) if reason.startswith("SIG") else None
+    return None if signum is None else 128 + int(signum)
 
 
 class TrioJob(Generic[T]):
@@ -930,12 +937,19 @@ def _hard_exit(drain: Drain) -> None:
             HARD_EXIT_AFTER,
             names,
         )
-        for handler in logging.getLogger().handlers + logger.handlers:
+    finally:
+        exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once, after flushing what logging and stdio hold."""
+    for handler in logging.getLogger().handlers + logger.handlers:
+        with contextlib.suppress(Exception):
             handler.flush()
+    with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
-    finally:
-        os._exit(code)
+    os._exit(code)
 
 
 # One Drain per event loop, so independent loops (tests, threads) never share state.

@@ -17,7 +17,6 @@ import contextlib
 import inspect
 import logging
 import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -37,6 +36,8 @@ from ._core import (
     Phase,
     _inside_protected,
     current_drain,
+    exit_now,
+    forced_exit_code,
 )
 
 __all__ = ["GracefulLifespan"]
@@ -350,7 +351,7 @@ class _Lifespan:
         with anyio.move_on_after(INNER_SHUTDOWN_BOUND):
             await self._shut_inner_down()
         self._uninstall_signals()
-        _exit_now(report.exit_code)
+        exit_now(report.exit_code)
 
     # -- signals -------------------------------------------------------------------------
 
@@ -362,10 +363,14 @@ class _Lifespan:
         except RuntimeError:
             self._install_trio_signals()
             return
+        servers_own = {
+            sig: _signals.previous_handler(loop, sig)
+            for sig in (signal.SIGTERM, signal.SIGINT, *self.owner.config.signals)
+        }
         # The server's way to stop: its handler for SIGTERM (or SIGINT). A signal the server
         # does not handle itself but the app chose (SIGHUP, say) stops it that same way.
         stop_signal = next(
-            (sig for sig in (signal.SIGTERM, signal.SIGINT) if _server_handles(loop, sig)), None
+            (sig for sig in (signal.SIGTERM, signal.SIGINT) if servers_own[sig] is not None), None
         )
         if stop_signal is None:
             # Nothing here stops the server on a signal (a worker whose parent decides, as in
@@ -375,12 +380,10 @@ class _Lifespan:
         server = getattr(signal.getsignal(stop_signal), "__self__", None)
         if isinstance(getattr(server, "_captured_signals", None), list):
             self.reraising_server = server
-        stop_handler = _signals.previous_handler(loop, stop_signal)
+        stop_handler = servers_own[stop_signal]
+        assert stop_handler is not None
         for sig in self.owner.config.signals:
-            own = _signals.previous_handler(loop, sig) if _server_handles(loop, sig) else None
-            handler = own or stop_handler
-            if handler is not None:
-                self.server_stop[sig] = handler
+            self.server_stop[sig] = servers_own[sig] or stop_handler
         self.installed = _signals.install(
             loop, list(self.server_stop), lambda sig: self._on_signal(loop, sig)
         )
@@ -419,10 +422,9 @@ class _Lifespan:
         # trio stops its servers on KeyboardInterrupt; hypercorn's trio worker then closes
         # the listeners and runs lifespan shutdown. Deliver it as trio's own SIGINT handler
         # would, from inside the run, after the pre-stop delay.
-        stop_handler = previous.get(signal.SIGINT)
-        if not callable(stop_handler):
-            stop_handler = signal.getsignal(signal.SIGINT)
-        handler = stop_handler
+        handler = previous.get(signal.SIGINT)
+        if not callable(handler):
+            handler = signal.getsignal(signal.SIGINT)
 
         def stop() -> None:
             if callable(handler):
@@ -502,30 +504,14 @@ class _Lifespan:
         # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
         # one way an orchestrator learns that work was abandoned, so it is set here, once the
         # inner app has shut down.
-        _exit_now(report.exit_code)
-
-
-def _exit_now(code: int) -> None:
-    for handler in logging.getLogger().handlers + logger.handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        exit_now(report.exit_code)
 
 
 def _register_forced_exit(drain: Drain) -> None:
     # A server may skip lifespan shutdown after a second signal (uvicorn's force exit) and
     # leave with status 0: the exit status still says the drain was forced.
-    code = 128 + int(signal.Signals[drain.reason]) if drain.reason.startswith("SIG") else 1
-    atexit.register(_exit_now, code)
-
-
-def _server_handles(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> bool:
-    handlers = getattr(loop, "_signal_handlers", None)
-    if isinstance(handlers, dict) and sig in handlers:
-        return True
-    return callable(signal.getsignal(sig))
+    code = forced_exit_code(drain.reason)
+    atexit.register(exit_now, 1 if code is None else code)
 
 
 def _worker_arguments() -> list[Any]:
