@@ -5,6 +5,7 @@ SIGINT the server stops accepting connections at once, drains protected work wit
 deadline, reports anything it had to abandon, and only then lets the process exit.
 """
 
+from . import _log_output  # noqa: F401  (our log lines reach the server's log by default)
 from ._core import (
     EXIT_ABANDONED,
     EXIT_HARD,
