@@ -13,11 +13,11 @@ import contextvars
 import logging
 import signal
 import weakref
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from . import _signals
+from . import _quirks, _signals
 from ._core import (
     CANCEL_GRACE,
     AbandonedCallback,
@@ -47,6 +47,7 @@ def run(
     on_drain_started: DrainStartedCallback | None = None,
     on_drain_finished: DrainFinishedCallback | None = None,
     debug: bool | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> T:
     """Run ``main`` like ``asyncio.run``, draining protected jobs when it is stopped.
 
@@ -56,7 +57,8 @@ def run(
     ``GRACEFUL_DRAIN_TIMEOUT``, else 25 s) to finish. ``main`` itself is cancelled at the
     signal; when it is awaiting a protected job right then, it is cancelled once that job is
     done, so the cancellation never reaches the job through the ``await``. A second signal
-    cancels everything at once.
+    cancels everything at once. ``loop_factory`` makes the event loop, as for ``asyncio.run``
+    (e.g. ``uvloop.new_event_loop``).
 
     Returns what ``main`` returned when nothing was abandoned. Otherwise raises
     ``SystemExit`` with the drain's exit status: 0 when a signal stopped ``main`` and every
@@ -68,6 +70,11 @@ def run(
         raise TypeError(f"run() takes a coroutine, e.g. run(main()); got {main!r}")
     try:
         _refuse_running_loop()
+        if loop_factory is not None and not callable(loop_factory):
+            raise TypeError(
+                "loop_factory must be a callable that returns a new event loop, e.g. "
+                f"uvloop.new_event_loop (not uvloop.new_event_loop()); got {loop_factory!r}"
+            )
         config = Config.build(
             drain_timeout=drain_timeout,
             signals=signals,
@@ -82,7 +89,7 @@ def run(
         raise
     supervisor: _Supervisor[T] = _Supervisor(config)
     try:
-        with asyncio.Runner(debug=debug) as runner:
+        with asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
             outcome = runner.run(supervisor.supervise(main))
     finally:
         # Only now, with every task ended and the loop closed, is the process out of danger
@@ -156,7 +163,8 @@ class _Supervisor(Generic[T]):
             report = await drain.wait("shutdown")
             await self._wait_for_main(drain)
         finally:
-            installed.uninstall()
+            if installed is not None:
+                installed.uninstall()
         return _Outcome(report, self._result, self._error, self._has_result)
 
     async def _call_main(self, main: Coroutine[Any, Any, T]) -> T | None:
@@ -255,12 +263,11 @@ def _awaited_protected(
     task: asyncio.Task[Any], protected: set[asyncio.Future[Any]]
 ) -> asyncio.Future[Any] | None:
     """The protected job ``task`` is awaiting right now (directly or through gather)."""
-    waiter = getattr(task, "_fut_waiter", None)
-    if not isinstance(waiter, asyncio.Future):
+    waiter = _quirks.awaited_future(task)
+    if waiter is None:
         return None
     if waiter in protected:
         return waiter
-    children = getattr(waiter, "_children", ())
-    if any(child in protected for child in children):
+    if any(child in protected for child in _quirks.gathered_children(waiter)):
         return waiter
     return None

@@ -156,7 +156,7 @@ def _stop_server(state: _AppState, sig: signal.Signals) -> None:
     if state.server_stopped:
         return
     state.server_stopped = True
-    if state.installed is None or state.installed.chain(sig):
+    if state.installed is None or state.installed.deliver(sig):
         return
     # No server handler for this signal (an AppRunner whose task waits forever, SIGTERM
     # whose default would kill the process): cancel the task that started the app, so its

@@ -16,7 +16,6 @@ import atexit
 import contextlib
 import inspect
 import logging
-import multiprocessing
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -25,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _signals
+from . import _quirks, _signals
 from ._core import (
     AbandonedCallback,
     Config,
@@ -238,7 +237,7 @@ class _Lifespan:
         self.signalled = False  # the drain was started by a stop signal (or the server's stop)
         # uvicorn re-raises the stop signal once it is done, so a clean drain would still end
         # "killed by SIGTERM"; it is told to forget the signals the drain took care of.
-        self.reraising_server: Any = None
+        self.captured_signals: list[int] | None = None
         self.report: DrainReport | None = None
         self.drained = anyio.Event()
         to_inner, self.inner_receive_stream = anyio.create_memory_object_stream[Message](4)
@@ -251,9 +250,9 @@ class _Lifespan:
         self.inner_shutdown_lock = anyio.Lock()
         self.inner_shutdown_reply: Message | None = None
         self.shutdown_requested = anyio.Event()  # the server sent lifespan.shutdown
-        # How to stop the server for each signal the drain starts on (the server's own
-        # handler for that signal, or its handler for SIGTERM for a signal it ignores).
-        self.server_stop: dict[signal.Signals, Callable[[], object]] = {}
+        # The signal that stops the server, for each signal the drain starts on: the same
+        # one, or SIGTERM (else SIGINT) for a signal the server does not act on itself.
+        self.server_stop: dict[signal.Signals, signal.Signals] = {}
 
     async def run(self) -> None:
         message = await self.receive()
@@ -363,27 +362,19 @@ class _Lifespan:
         except RuntimeError:
             self._install_trio_signals()
             return
-        servers_own = {
-            sig: _signals.previous_handler(loop, sig)
-            for sig in (signal.SIGTERM, signal.SIGINT, *self.owner.config.signals)
-        }
         # The server's way to stop: its handler for SIGTERM (or SIGINT). A signal the server
         # does not handle itself but the app chose (SIGHUP, say) stops it that same way.
         stop_signal = next(
-            (sig for sig in (signal.SIGTERM, signal.SIGINT) if servers_own[sig] is not None), None
+            (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
         )
         if stop_signal is None:
             # Nothing here stops the server on a signal (a worker whose parent decides, as in
             # multi-process hypercorn): leave every signal its meaning; the drain follows the
             # server's own stop.
             return
-        server = getattr(signal.getsignal(stop_signal), "__self__", None)
-        if isinstance(getattr(server, "_captured_signals", None), list):
-            self.reraising_server = server
-        stop_handler = servers_own[stop_signal]
-        assert stop_handler is not None
+        self.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
         for sig in self.owner.config.signals:
-            self.server_stop[sig] = servers_own[sig] or stop_handler
+            self.server_stop[sig] = sig if _signals.server_handles(sig) else stop_signal
         self.installed = _signals.install(
             loop, list(self.server_stop), lambda sig: self._on_signal(loop, sig)
         )
@@ -406,7 +397,7 @@ class _Lifespan:
                 previous[sig] = signal.signal(sig, on_signal)
             except (ValueError, OSError):
                 continue
-            installed._python_signals[sig] = previous[sig]
+            installed.previous[sig] = previous[sig]
         self.installed = installed
 
     def _on_trio_signal(self, sig: signal.Signals, previous: dict[signal.Signals, Any]) -> None:
@@ -446,12 +437,17 @@ class _Lifespan:
     def _on_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
         drain = self.drain
         assert drain is not None
-        stop_server = self.server_stop.get(sig)
+        stop_signal = self.server_stop.get(sig)
+        installed = self.installed
+
+        def stop_server() -> None:
+            if installed is not None and stop_signal is not None:
+                installed.deliver(stop_signal)
+
         if drain.draining and self.signalled:
             drain.force(sig.name)
             _register_forced_exit(drain)
-            if stop_server is not None:
-                stop_server()
+            stop_server()
             # The forced status is the one to leave with, not a re-raised first signal.
             self._forget_captured_signals()
             return
@@ -459,8 +455,6 @@ class _Lifespan:
         drain.begin(sig.name)
         drain.arm_watchdog()
         delay = self.owner.config.pre_stop_delay
-        if stop_server is None:
-            return
         if delay > 0:
             logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
             loop.call_later(delay, stop_server)
@@ -468,8 +462,8 @@ class _Lifespan:
             stop_server()
 
     def _forget_captured_signals(self) -> None:
-        captured = getattr(self.reraising_server, "_captured_signals", None)
-        if isinstance(captured, list):
+        captured = self.captured_signals
+        if captured is not None:
             handled = set(self.owner.config.signals) | {signal.SIGINT, signal.SIGTERM}
             captured[:] = [sig for sig in captured if sig not in handled]
 
@@ -481,7 +475,7 @@ class _Lifespan:
     async def _watch_hypercorn_parent(self, drain: Drain) -> None:
         # A hypercorn worker process ignores SIGINT and never sees the SIGTERM its parent got:
         # the parent sets a shared event, which the worker polls. Watch the same event.
-        stop_event = _hypercorn_parent_stop_event()
+        stop_event = _quirks.hypercorn_parent_stop_event()
         if stop_event is None:
             return
         _warn_if_hypercorn_grace_is_short(self.owner.config.drain_timeout)
@@ -514,37 +508,17 @@ def _register_forced_exit(drain: Drain) -> None:
     atexit.register(exit_now, 1 if code is None else code)
 
 
-def _worker_arguments() -> list[Any]:
-    """What this worker process was started with, when a hypercorn parent started it."""
-    process = multiprocessing.current_process()
-    target = getattr(process, "_target", None)
-    if target is None or not getattr(target, "__module__", "").startswith("hypercorn."):
-        return []
-    kwargs = getattr(process, "_kwargs", None) or {}
-    return [*getattr(process, "_args", ()), *kwargs.values()]
-
-
-def _hypercorn_parent_stop_event() -> Any:
-    for argument in _worker_arguments():
-        if callable(getattr(argument, "is_set", None)) and callable(
-            getattr(argument, "set", None)
-        ):
-            return argument
-    return None
-
-
 def _warn_if_hypercorn_grace_is_short(drain_timeout: float) -> None:
-    for argument in _worker_arguments():
-        graceful_timeout = getattr(argument, "graceful_timeout", None)
-        if isinstance(graceful_timeout, (int, float)) and graceful_timeout < drain_timeout:
-            logger.warning(
-                "hypercorn's graceful_timeout (%g s) is shorter than drain_timeout (%g s): "
-                "hypercorn cancels requests still running after it. Start hypercorn with "
-                "--graceful-timeout %g",
-                graceful_timeout,
-                drain_timeout,
-                drain_timeout,
-            )
+    graceful_timeout = _quirks.hypercorn_graceful_timeout()
+    if graceful_timeout is not None and graceful_timeout < drain_timeout:
+        logger.warning(
+            "hypercorn's graceful_timeout (%g s) is shorter than drain_timeout (%g s): "
+            "hypercorn cancels requests still running after it. Start hypercorn with "
+            "--graceful-timeout %g",
+            graceful_timeout,
+            drain_timeout,
+            drain_timeout,
+        )
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:

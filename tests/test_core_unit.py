@@ -183,13 +183,14 @@ def test_signal_fallback_routes_signals_through_the_loop() -> None:
 
         async def scenario() -> None:
             installed = install(asyncio.get_running_loop(), [signal.SIGUSR1], seen.append)
+            assert installed is not None
             try:
                 os.kill(os.getpid(), signal.SIGUSR1)
                 for _ in range(200):
                     if seen:
                         break
                     await asyncio.sleep(0.01)
-                assert installed.chain(signal.SIGUSR1)
+                assert installed.deliver(signal.SIGUSR1)
             finally:
                 installed.uninstall()
 

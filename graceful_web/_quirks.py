@@ -1,0 +1,108 @@
+"""Every private internal of a server or event loop that graceful_web reads, in one place.
+
+Each accessor answers None (or nothing) when the internal is not there or has another shape,
+and its caller then does what the bare server would do, never worse. Each has a canary in
+tests/test_quirks.py that fails naming the package and its version when the shape changes.
+Nothing here imports a web framework: the objects are handed in, or found by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from importlib import metadata
+from typing import Any
+
+logger = logging.getLogger("graceful_web")
+
+
+def version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- uvicorn -----------------------------------------------------------------------------
+
+
+def uvicorn_captured_signals(sig: signal.Signals) -> list[int] | None:
+    """The list in which uvicorn's ``Server`` notes the signals it re-raises once it has shut
+    down (uvicorn >= 0.29, ``Server._captured_signals``), when uvicorn's handler is the one
+    installed for ``sig``. A clean drain ends with status 0 only if the drain's signal is
+    taken out of it."""
+    server = getattr(signal.getsignal(sig), "__self__", None)
+    if server is None or not type(server).__module__.startswith("uvicorn"):
+        return None
+    captured = getattr(server, "_captured_signals", None)
+    if isinstance(captured, list):
+        return captured
+    if hasattr(server, "capture_signals"):
+        logger.warning(
+            "graceful_web: uvicorn %s keeps no _captured_signals list: after a clean drain it "
+            "may end by re-raising %s (status %d) instead of exiting 0",
+            version_of("uvicorn"),
+            sig.name,
+            -int(sig),
+        )
+    return None
+
+
+# -- hypercorn ---------------------------------------------------------------------------
+
+
+def hypercorn_worker_arguments() -> list[Any]:
+    """What this process was started with, when a multi-process hypercorn parent started it
+    (``multiprocessing.Process._target/_args/_kwargs``): its config and its stop event."""
+    process = multiprocessing.current_process()
+    target = getattr(process, "_target", None)
+    if target is None or not getattr(target, "__module__", "").startswith("hypercorn."):
+        return []
+    kwargs = getattr(process, "_kwargs", None) or {}
+    return [*getattr(process, "_args", ()), *kwargs.values()]
+
+
+def hypercorn_parent_stop_event() -> Any:
+    """The event a hypercorn parent sets to stop this worker (the worker never sees the
+    parent's SIGTERM and ignores SIGINT); None outside such a worker."""
+    for argument in hypercorn_worker_arguments():
+        if callable(getattr(argument, "is_set", None)) and callable(
+            getattr(argument, "set", None)
+        ):
+            return argument
+    return None
+
+
+def hypercorn_graceful_timeout() -> float | None:
+    """The parent's ``graceful_timeout`` in a hypercorn worker process."""
+    for argument in hypercorn_worker_arguments():
+        graceful_timeout = getattr(argument, "graceful_timeout", None)
+        if isinstance(graceful_timeout, (int, float)):
+            return float(graceful_timeout)
+    return None
+
+
+# -- aiohttp -----------------------------------------------------------------------------
+
+
+def aiohttp_server_of(request: Any) -> Any:
+    """The ``web.Server`` a request came through (``request.protocol._manager``): aiohttp
+    offers no public way from an app to the server running it."""
+    return getattr(getattr(request, "protocol", None), "_manager", None)
+
+
+# -- asyncio tasks -----------------------------------------------------------------------
+
+
+def awaited_future(task: asyncio.Task[Any]) -> asyncio.Future[Any] | None:
+    """The future ``task`` is suspended on right now (``Task._fut_waiter``, the same in
+    asyncio's C and Python tasks, which uvloop and rloop use too)."""
+    waiter = getattr(task, "_fut_waiter", None)
+    return waiter if isinstance(waiter, asyncio.Future) else None
+
+
+def gathered_children(future: asyncio.Future[Any]) -> tuple[asyncio.Future[Any], ...]:
+    """The children of an ``asyncio.gather`` future (``_GatheringFuture._children``)."""
+    return tuple(getattr(future, "_children", ()))
