@@ -1,9 +1,12 @@
-"""``make demo``: a live drain of every demo service, drawn as a timeline.
+"""``make demo``: a live drain of every demo service, drawn as a timeline, and the same traffic
+without graceful_web beside it.
 
 Each service is started on a free 127.0.0.1 port and sent slow requests and jobs. Once they are
-in flight it gets SIGTERM; new connections and new jobs are tried while it drains. The timeline
-shows every request and job, the signal, the exit and what was refused; the report says what
-finished (job records read from JOBS_FILE), what was lost, and how long signal -> exit took.
+in flight it gets SIGTERM; new connections and new jobs are tried while it drains. Each service
+runs twice at the same time: with graceful_web, and with ``GRACEFUL=0`` (the same service on the
+bare server). The timelines show every request and job, the signal, the exit and what was
+refused; the summary puts both runs of each service side by side: what was answered, what was
+recorded (job records read from JOBS_FILE), what was lost, signal -> exit and the exit status.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ SERVICES = (
     ("asgi", "demo_services.asgi_service"),
 )
 REQUEST_MS = (800, 1800, 2800)
-JOB_MS = (1300, 2300, 3300)
+JOB_MS = (1300, 2300, 4000)  # the last outlives the requests: bare servers lose it
 #: When new connections and new jobs are tried, in seconds after the signal.
 PROBE_AFTER = (0.15, 1.0, 2.0, 2.8)
 #: The signal comes this long after the traffic started (or later, once all is in flight).
@@ -76,6 +79,7 @@ class Probe:
 class Run:
     name: str
     module: str
+    graceful: bool = True
     rows: list[Row] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
     t0: float = 0.0
@@ -89,6 +93,10 @@ class Run:
     @property
     def lost(self) -> int:
         return sum(not row.ok for row in self.rows)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{'on' if self.graceful else 'off'}"
 
     @property
     def drain_seconds(self) -> float | None:
@@ -137,13 +145,20 @@ def in_flight(metrics_port: int) -> tuple[int, int] | None:
     return int(float(found["requests"])), int(float(found["jobs"]))
 
 
-def drive(name: str, module: str, workdir: Path, children: list[subprocess.Popen[bytes]]) -> Run:
-    run = Run(name, module)
+def drive(
+    name: str,
+    module: str,
+    workdir: Path,
+    children: list[subprocess.Popen[bytes]],
+    graceful: bool = True,
+) -> Run:
+    run = Run(name, module, graceful)
     port, metrics_port = free_port(), free_port()
-    jobs_file = workdir / f"{name}-jobs.log"
-    log_path = workdir / f"{name}.log"
+    jobs_file = workdir / f"{run.key}-jobs.log"
+    log_path = workdir / f"{run.key}.log"
     env = {
         **os.environ,
+        "GRACEFUL": "1" if graceful else "0",
         "PORT": str(port),
         "JOBS_FILE": str(jobs_file),
         "METRICS_PORT": str(metrics_port),
@@ -189,7 +204,7 @@ def _exercise(
         return
     run.t0 = time.monotonic()
     senders = [_send_request(run, port, ms) for ms in REQUEST_MS]
-    jobs = [_post_job(run, port, f"{run.name}-job{n}", ms) for n, ms in enumerate(JOB_MS, 1)]
+    jobs = [_post_job(run, port, f"{run.key}-job{n}", ms) for n, ms in enumerate(JOB_MS, 1)]
     expected = (len(REQUEST_MS), sum(row.outcome == "accepted" for row in jobs))
     # Signal only once the service has every request in hand: a request still in the
     # listen backlog when the listener closes would be refused, not drained.
@@ -210,7 +225,7 @@ def _exercise(
         if exited.wait(max(0.0, run.signal_at + offset - time.monotonic())):
             break
         _probe(run, port, "connection", "/fast")
-        _probe(run, port, "job", f"/jobs?ms=0&id={run.name}-late{n}")
+        _probe(run, port, "job", f"/jobs?ms=0&id={run.key}-late{n}")
     waiter.join(EXIT_TIMEOUT)
     if not exited.is_set():
         run.error = f"still running {EXIT_TIMEOUT:.0f} s after the signal"
@@ -323,13 +338,19 @@ def glyphs_for(console: Console) -> Glyphs:
     return UNICODE if console.encoding.lower().startswith("utf") else ASCII
 
 
-def picture(run: Run, width: int, g: Glyphs) -> list[Text]:
-    """The timeline of one run: a row per request and job, the probes, signal and exit."""
-    bar = max(20, width - LABEL - OUTCOME - 3)
-    assert run.signal_at is not None
+def run_span(run: Run) -> float:
+    """Seconds from the first request to the last thing seen, the width of the timeline."""
     ends = [row.end for row in run.rows if row.end is not None]
     last = max([run.exit_at or time.monotonic(), *ends, *(p.at for p in run.probes)])
-    span = max(last - run.t0, 0.5) * 1.02
+    return max(last - run.t0, 0.5) * 1.02
+
+
+def picture(run: Run, width: int, g: Glyphs, span: float | None = None) -> list[Text]:
+    """The timeline of one run: a row per request and job, the probes, signal and exit.
+    ``span`` gives runs drawn one above the other the same time scale."""
+    bar = max(20, width - LABEL - OUTCOME - 3)
+    assert run.signal_at is not None
+    span = span or run_span(run)
 
     def col(at: float) -> int:
         return min(bar - 1, max(0, round((at - run.t0) / span * (bar - 1))))
@@ -387,7 +408,7 @@ def picture(run: Run, width: int, g: Glyphs) -> list[Text]:
     signal_label = "^ SIGTERM"
     marks[signal_col : signal_col + len(signal_label)] = signal_label
     if exit_col is not None:
-        exit_label = f"^ exit {run.exit_code}"
+        exit_label = f"^ exit {exit_status(run.exit_code)}"
         at = max(exit_col, signal_col + len(signal_label) + 1)
         marks[at : at + len(exit_label)] = exit_label
     lines.append(Text(" " * (LABEL + 1) + "".join(marks).rstrip(), style="yellow"))
@@ -408,26 +429,11 @@ def legend(g: Glyphs) -> Text:
     return text
 
 
-def report_lines(run: Run, g: Glyphs) -> list[Text]:
-    requests = [r for r in run.rows if r.kind == "request"]
-    jobs = [r for r in run.rows if r.kind == "job"]
-    accepted = [r for r in jobs if r.outcome in ("accepted", "recorded", "lost")]
-    recorded = [r for r in jobs if r.outcome == "recorded"]
-    conns = [p for p in run.probes if p.what == "connection"]
-    late = [p for p in run.probes if p.what == "job"]
-    lines = [
-        f" requests  {len(requests)} sent, {sum(r.ok for r in requests)} answered 200",
-        f" jobs      {len(accepted)} accepted (202), {len(recorded)} recorded in JOBS_FILE",
-        f" refused   after the signal: {sum(p.refused for p in conns)} of {len(conns)} new "
-        f"connections, {sum(p.refused for p in late)} of {len(late)} new jobs",
-    ]
-    drain = run.drain_seconds
-    timing = f"{drain:.2f} s" if drain is not None else "did not exit"
-    lines.append(f" took      signal {g.arrow} exit {timing}, exit status {run.exit_code}")
-    lost = run.lost
-    texts = [Text(line) for line in lines]
-    texts.append(Text(f" lost      {lost}", style="bold green" if lost == 0 else "bold red"))
-    return texts
+def exit_status(code: int | None) -> str:
+    """The status as a shell shows it: a process killed by signal N exits 128 + N."""
+    if code is None:
+        return "-"
+    return str(128 - code) if code < 0 else str(code)
 
 
 def service_log(run: Run) -> list[str]:
@@ -453,53 +459,78 @@ def fold_log_line(entry: str, width: int) -> list[str]:
 
 
 def summary(runs: list[Run], g: Glyphs) -> Table:
-    table = Table(title="Summary", title_justify="left", box=None, pad_edge=False)
-    for header in ("service", "requests", "jobs", "lost", "refused", f"signal{g.arrow}exit"):
-        table.add_column(header, justify="left" if header == "service" else "right")
-    table.add_column("status", justify="right")
+    title = "Summary: the same traffic, graceful_web on and off (GRACEFUL=0)"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    headers = ("service", "graceful_web", "requests", "jobs", "lost", "refused")
+    for header in (*headers, f"signal{g.arrow}exit", "status"):
+        table.add_column(header, justify="left" if header in headers[:2] else "right")
     for run in runs:
         requests = [r for r in run.rows if r.kind == "request"]
-        jobs = [r for r in run.rows if r.kind == "job" and r.outcome != "not sent"]
+        jobs = [r for r in run.rows if r.kind == "job" and not r.outcome.startswith("not sent")]
         drain = run.drain_seconds
         table.add_row(
             run.name,
+            "on" if run.graceful else "off",
             f"{sum(r.ok for r in requests)}/{len(requests)}",
             f"{sum(r.outcome == 'recorded' for r in jobs)}/{len(jobs)}",
             str(run.lost),
             f"{sum(p.refused for p in run.probes)}/{len(run.probes)}",
             f"{drain:.2f} s" if drain is not None else "-",
-            str(run.exit_code),
+            exit_status(run.exit_code),
             style="green" if run.lost == 0 and run.exit_code == 0 else "red",
         )
     return table
 
 
+def verdict(run: Run) -> Text:
+    """One line on what a run without graceful_web lost, and whether its exit status said so."""
+    jobs = [r for r in run.rows if r.kind == "job" and r.job_id is not None]
+    lost_jobs = sum(not r.ok for r in jobs)
+    lost_requests = sum(r.kind == "request" and not r.ok for r in run.rows)
+    status = f"exit {exit_status(run.exit_code)}"
+    if run.exit_code is not None and run.exit_code < 0:
+        status += f" (killed by its own {signal.Signals(-run.exit_code).name})"
+    elif run.exit_code == 0 and (lost_jobs or lost_requests):
+        status += ", as if nothing was lost"
+    lost = [f"{lost_jobs} of {len(jobs)} accepted jobs"] if lost_jobs else []
+    lost += [f"{lost_requests} requests"] if lost_requests else []
+    if not lost:
+        return Text(f" {run.name} off: nothing lost this time; {status}")
+    return Text(f" {run.name} off: lost {' and '.join(lost)}; {status}", style="red")
+
+
 def show(console: Console, runs: list[Run]) -> None:
     g = glyphs_for(console)
     width = min(console.width, 100)
-    for run in runs:
+    for name, module in dict.fromkeys((run.name, run.module) for run in runs):
         console.print()
-        console.rule(f"[bold]{run.name}[/]  python -m {run.module}  pid {run.pid}", align="left")
-        if run.error is not None and run.signal_at is None:
-            console.print(f" [red]could not run: {run.error}[/]")
-            console.print(Text(run.log[-2000:]), overflow="fold")
-            continue
-        for line in picture(run, width, g):
-            console.print(line, no_wrap=True, overflow="crop", crop=True)
+        console.rule(f"[bold]{name}[/]  python -m {module}", align="left")
+        spans = [run_span(run) for run in runs if run.name == name and run.signal_at]
+        span = max(spans, default=0.0)
+        for run in (run for run in runs if run.name == name):
+            how = "with graceful_web" if run.graceful else "without graceful_web (GRACEFUL=0)"
+            console.print(Text(f" {how}, pid {run.pid}", style="bold"))
+            if run.error is not None and run.signal_at is None:
+                console.print(f" [red]could not run: {run.error}[/]")
+                console.print(Text(run.log[-2000:]), overflow="fold")
+                continue
+            for line in picture(run, width, g, span):
+                console.print(line, no_wrap=True, overflow="crop", crop=True)
+            if run.error is not None:
+                console.print(f" [red]problem: {run.error}[/]")
         console.print(legend(g), no_wrap=True, overflow="crop")
-        console.print()
-        for line in report_lines(run, g):
-            console.print(line)
-        if run.error is not None:
-            console.print(f" [red]problem: {run.error}[/]")
-        log = service_log(run)
-        if log:
-            console.print(" what the service logged (logger graceful_web):", style="dim")
+        for run in (run for run in runs if run.name == name and run.graceful):
+            log = service_log(run)
+            if log:
+                console.print(" what it logged with graceful_web:", style="dim")
             for entry in log:
-                for line in fold_log_line(entry, width - 3):
-                    console.print(Text("   " + line, style="dim"), no_wrap=True, crop=True)
+                for folded in fold_log_line(entry, width - 3):
+                    console.print(Text("   " + folded, style="dim"), no_wrap=True, crop=True)
     console.print()
     console.print(summary(runs, g))
+    for run in runs:
+        if not run.graceful:
+            console.print(verdict(run))
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -514,24 +545,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+#: Each service runs with graceful_web and, at the same time, without it (GRACEFUL=0).
+MODES = (True, False)
+
+
 def main() -> int:
     console = Console(highlight=False)
     services = SERVICES
     console.print(
-        f"[bold]graceful_web demo[/]: {', '.join(name for name, _ in services)} on {HOST}. "
+        f"[bold]graceful_web demo[/]: {', '.join(name for name, _ in services)} on {HOST}, "
+        "each with graceful_web and without it (GRACEFUL=0). "
         f"Each gets {len(REQUEST_MS)} slow requests and {len(JOB_MS)} jobs, then SIGTERM; "
         "new connections and new jobs are tried while it drains."
     )
     children: list[subprocess.Popen[bytes]] = []
     runs: list[Run] = []
+    wanted = [(name, module, graceful) for name, module in services for graceful in MODES]
     try:
         with tempfile.TemporaryDirectory(prefix="graceful-demo-") as tmp:
             threads = []
-            results: dict[str, Run] = {}
-            for name, module in services:
+            results: dict[tuple[str, bool], Run] = {}
+            for name, module, graceful in wanted:
 
-                def go(name: str = name, module: str = module) -> None:
-                    results[name] = drive(name, module, Path(tmp), children)
+                def go(name: str = name, module: str = module, graceful: bool = graceful) -> None:
+                    results[name, graceful] = drive(name, module, Path(tmp), children, graceful)
 
                 thread = threading.Thread(target=go, daemon=True)
                 thread.start()
@@ -539,13 +576,15 @@ def main() -> int:
             with console.status("starting the services, sending traffic, draining..."):
                 for thread in threads:
                     thread.join(START_TIMEOUT + EXIT_TIMEOUT + 15)
-            runs = [results[name] for name, _ in services if name in results]
+            runs = [results[n, g] for n, _, g in wanted if (n, g) in results]
     finally:
         for proc in children:
             stop(proc)
     show(console, runs)
-    ok = len(runs) == len(services) and all(
-        run.lost == 0 and run.exit_code == 0 and run.error is None for run in runs
+    # Runs without graceful_web are expected to lose work: only that they ran is checked.
+    ok = len(runs) == len(wanted) and all(
+        run.error is None and (not run.graceful or (run.lost == 0 and run.exit_code == 0))
+        for run in runs
     )
     return 0 if ok else 1
 

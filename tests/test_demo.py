@@ -1,4 +1,5 @@
-"""``make demo`` end to end: a live drain of every demo service, its report and its picture."""
+"""``make demo`` end to end: a live drain of every demo service with graceful_web and the same
+traffic without it (GRACEFUL=0), the pictures and the summary that puts them side by side."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from demo_services import demo
 from .conftest import ROOT
 
 SUMMARY_ROW = re.compile(
-    r"^(?P<service>\S+)\s+(?P<answered>\d+)/(?P<requests>\d+)\s+(?P<recorded>\d+)/(?P<jobs>\d+)"
+    r"^(?P<service>\S+)\s+(?P<mode>on|off)\s+(?P<answered>\d+)/(?P<requests>\d+)\s+(?P<recorded>\d+)/(?P<jobs>\d+)"
     r"\s+(?P<lost>\d+)\s+(?P<refused>\d+)/(?P<probes>\d+)\s+(?P<seconds>[\d.]+) s"
     r"\s+(?P<status>-?\d+)$"
 )
@@ -45,27 +46,46 @@ def demo_output() -> DemoOutput:
     return DemoOutput(result.returncode, result.stdout + result.stderr)
 
 
-def summary_rows(text: str) -> dict[str, dict[str, str]]:
+def summary_rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
     rows = {}
     for line in text.splitlines():
         match = SUMMARY_ROW.match(line.strip())
         if match:
-            rows[match["service"]] = match.groupdict()
+            rows[match["service"], match["mode"]] = match.groupdict()
     return rows
 
 
 def test_demo_drains_every_service_and_loses_nothing(demo_output: DemoOutput) -> None:
     assert demo_output.returncode == 0, demo_output.text
     rows = summary_rows(demo_output.text)
-    assert sorted(rows) == ["aiohttp", "asgi"]  # both adapters drain side by side
-    for row in rows.values():
+    # both adapters, each with graceful_web and without it, side by side
+    assert sorted(rows) == [("aiohttp", "off"), ("aiohttp", "on"), ("asgi", "off"), ("asgi", "on")]
+    for (_, mode), row in rows.items():
+        if mode != "on":
+            continue
         assert row["answered"] == row["requests"] == str(len(demo.REQUEST_MS)), row
         assert row["recorded"] == row["jobs"] == str(len(demo.JOB_MS)), row
         assert row["lost"] == "0", row
         assert int(row["refused"]) >= 1, row  # new work after the signal was turned away
         assert float(row["seconds"]) > 0
         assert row["status"] == "0"
-    assert demo_output.text.count(" lost      0") == len(rows)
+
+
+def test_the_same_traffic_without_graceful_web_loses_the_job_that_outlives_the_requests(
+    demo_output: DemoOutput,
+) -> None:
+    rows = summary_rows(demo_output.text)
+    for service, _ in demo.SERVICES:
+        row = rows[service, "off"]
+        # the bare servers wait for requests in flight, then drop the longest job
+        assert row["answered"] == row["requests"] == str(len(demo.REQUEST_MS)), row
+        assert int(row["recorded"]) < int(row["jobs"]) == len(demo.JOB_MS), row
+        assert int(row["lost"]) >= 1, row
+        assert re.search(
+            rf"^ {service} off: lost \d of 3 accepted jobs; exit \d+",
+            demo_output.text,
+            re.MULTILINE,
+        ), demo_output.text
 
 
 def test_demo_picture_marks_the_signal_the_exit_and_the_refusals(
@@ -73,12 +93,11 @@ def test_demo_picture_marks_the_signal_the_exit_and_the_refusals(
 ) -> None:
     text = demo_output.text
     assert "^ SIGTERM" in text and "^ exit 0" in text
-    services = len(demo.SERVICES)
-    assert len(re.findall(r"^ GET /slow \d\.\ds .*200\s*$", text, re.MULTILINE)) == 3 * services
-    assert (
-        len(re.findall(r"^ POST /jobs \d\.\ds .*recorded\s*$", text, re.MULTILINE))
-        == 3 * services
-    )
+    runs = 2 * len(demo.SERVICES)  # each service with graceful_web and without
+    assert len(re.findall(r"^ GET /slow \d\.\ds .*200\s*$", text, re.MULTILINE)) == 3 * runs
+    recorded = len(re.findall(r"^ POST /jobs \d\.\ds .*recorded\s*$", text, re.MULTILINE))
+    assert 3 * len(demo.SERVICES) <= recorded < 3 * runs
+    assert re.search(r"^ POST /jobs \d\.\ds .*LOST\s*$", text, re.MULTILINE)
     assert re.search(r"^ new connection .* (\d)/\1 refused", text, re.MULTILINE)
     assert "drain finished in" in text  # the service's own log lines are shown
 
