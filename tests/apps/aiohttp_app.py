@@ -7,6 +7,8 @@ STARTUP_DELAY_MS=N adds a startup hook that logs "startup hook running" and slee
 STARTUP_HOOK_FIRST=1 runs it before graceful_web's own startup hook.
 STOP_AFTER_MS=N (MODE=runner) stops the runner after N ms without any signal.
 RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts.
+LOOP=asyncio (default) | uvloop | plain (a loop without add_reader(), whose signal handlers
+graceful_web cannot put behind its own).
 """
 
 from __future__ import annotations
@@ -172,15 +174,35 @@ async def run_with_runner(app: web.Application, port: int) -> None:
         await runner.cleanup()
 
 
+class LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A loop of a kind graceful_web does not know: it cannot watch a file descriptor."""
+
+    def add_reader(self, fd: object, callback: object, *args: object) -> None:
+        raise NotImplementedError
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    kind = os.environ.get("LOOP", "asyncio")
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if kind == "plain":
+        return LoopWithoutReaders()
+    return asyncio.new_event_loop()
+
+
 def main() -> None:
     configure_logging()
     port = int(os.environ["PORT"])
     app = build()
     if os.environ.get("MODE") == "runner":
-        asyncio.run(run_with_runner(app, port))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(run_with_runner(app, port))
         return
     web.run_app(
         app,
+        loop=new_loop(),
         host="127.0.0.1",
         port=port,
         print=None,
