@@ -1,5 +1,10 @@
 """``python -m bench`` (``make bench``): every figure, side by side, then bench/results.md and
-the table in README.md. Bounded in time: a few minutes on two cores."""
+the table in README.md. Bounded in time: under ten minutes on two cores.
+
+``BENCH_QUICK=1`` (or ``python -m bench --quick``) runs every figure once, short and small,
+to check the bench itself in about a minute and a half; it writes bench/.out/results-quick.md
+and leaves bench/results.md and README.md alone.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pickle
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 from . import in_flight, jobs, report, stopping, throughput
 from ._harness import ROOT, pin_cpus, raise_open_files
@@ -20,6 +26,50 @@ STOP_PAIRS = 4
 JOB_PAIRS = 3
 IN_FLIGHT_PAIRS = 3
 
+#: The throughput rows: server (and event loop), request. ``/fast`` is the worst case, the
+#: library's microseconds and nothing else; ``/work`` a realistic handler (1 ms of awaited
+#: work and a JSON body) on the plain server and on what production runs.
+THROUGHPUT_ROWS = (
+    ("aiohttp", "/fast"),
+    ("aiohttp-uvloop", "/fast"),
+    ("uvicorn", "/fast"),
+    ("uvicorn-uvloop", "/fast"),
+    ("aiohttp", "/work"),
+    ("uvicorn-uvloop", "/work"),
+)
+ASGI_SERVERS = ("uvicorn", "uvicorn-uvloop", "hypercorn")
+STOP_SERVERS = ("aiohttp", "aiohttp-uvloop", "uvicorn", "uvicorn-uvloop", "hypercorn")
+IN_FLIGHT_SERVERS = ("aiohttp", "uvicorn")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each figure a run measures."""
+
+    throughput_rounds: int = THROUGHPUT_ROUNDS
+    throughput_s: int = throughput.RUN_S
+    warmup_s: int = throughput.WARMUP_S
+    stop_pairs: int = STOP_PAIRS
+    job_pairs: int = JOB_PAIRS
+    jobs: int = jobs.JOBS
+    in_flight_pairs: int = IN_FLIGHT_PAIRS
+    requests: int = in_flight.REQUESTS
+    quick: bool = False
+
+
+#: One round or pair of each, short loads, fewer jobs and requests: the bench checks itself.
+QUICK = Plan(
+    throughput_rounds=1,
+    throughput_s=1,
+    warmup_s=1,
+    stop_pairs=1,
+    job_pairs=1,
+    jobs=20_000,
+    in_flight_pairs=1,
+    requests=2_000,
+    quick=True,
+)
+
 
 def _say(text: str) -> None:
     print(text, flush=True)
@@ -28,9 +78,14 @@ def _say(text: str) -> None:
 #: The figures of the last run, so the report can be written again without measuring again
 #: (``python -m bench --report``), e.g. after a change to its wording.
 SAVED = ROOT / "bench" / ".out" / "results.pickle"
+QUICK_RESULTS = ROOT / "bench" / ".out" / "results-quick.md"
 
 
 def write_report(results: report.Results) -> None:
+    if results.quick:
+        QUICK_RESULTS.write_text(report.results_markdown(results))
+        _say(f"quick run: wrote {QUICK_RESULTS.relative_to(ROOT)}; results.md and README alone")
+        return
     report.RESULTS.write_text(report.results_markdown(results))
     _say(f"wrote {report.RESULTS.relative_to(ROOT)}")
     if report.update_readme(report.summary_table(results)):
@@ -40,9 +95,15 @@ def write_report(results: report.Results) -> None:
 
 
 def main() -> int:
-    if sys.argv[1:] == ["--report"]:
+    args = sys.argv[1:]
+    if args == ["--report"]:
         write_report(pickle.loads(SAVED.read_bytes()))
         return 0
+    quick = args == ["--quick"] or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    if args and args != ["--quick"]:
+        _say("usage: python -m bench [--quick | --report]")
+        return 2
+    plan = QUICK if quick else Plan()
     if shutil.which("wrk") is None:
         _say("make bench needs wrk, the HTTP load generator: apt-get install wrk")
         return 2
@@ -50,29 +111,32 @@ def main() -> int:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()
     pinning = pin_cpus()
-    raise_open_files(in_flight.REQUESTS + 1000)
+    raise_open_files(plan.requests + 1000)
     have_asgi = importlib.util.find_spec("graceful_web.asgi") is not None
     not_measured = [] if have_asgi else ["the ASGI rows (graceful_web.asgi is not there)"]
-    http_servers = ["aiohttp", "uvicorn"] if have_asgi else ["aiohttp"]
-    stop_servers = ["aiohttp", "uvicorn", "hypercorn"] if have_asgi else ["aiohttp"]
-    _say(f"bench: {pinning}")
+    rows = [row for row in THROUGHPUT_ROWS if have_asgi or row[0] not in ASGI_SERVERS]
+    stop_servers = [name for name in STOP_SERVERS if have_asgi or name not in ASGI_SERVERS]
+    flight_servers = [name for name in IN_FLIGHT_SERVERS if have_asgi or name not in ASGI_SERVERS]
+    _say(f"bench{' (quick)' if quick else ''}: {pinning}; load average {load_before[0]:.2f}")
 
     compared = {}
-    for server in http_servers:
-        _say(f"1. GET /fast, {server}: {THROUGHPUT_ROUNDS} rounds")
-        compared[server] = throughput.compare(server, THROUGHPUT_ROUNDS)
-        _say(throughput.show(compared[server]))
+    for server, path in rows:
+        _say(f"1. GET {path}, {server}: {plan.throughput_rounds} rounds")
+        compared[f"{server} {path}"] = comparison = throughput.compare(
+            server, plan.throughput_rounds, plan.throughput_s, path, plan.warmup_s
+        )
+        _say(throughput.show(comparison))
 
-    _say(f"2, 3. stopping, {', '.join(stop_servers)}: {STOP_PAIRS} pairs")
-    stopped = stopping.measure(stop_servers, STOP_PAIRS)
+    _say(f"2, 3. stopping, {', '.join(stop_servers)}: {plan.stop_pairs} pairs")
+    stopped = stopping.measure(stop_servers, plan.stop_pairs)
     _say(stopping.show(stopped, stop_servers))
 
-    _say(f"4. {jobs.JOBS} jobs: {JOB_PAIRS} pairs")
-    job_figures = jobs.measure(JOB_PAIRS)
+    _say(f"4. {plan.jobs} jobs: {plan.job_pairs} runs of each")
+    job_figures = jobs.measure(plan.job_pairs, plan.jobs)
     _say(jobs.show(job_figures))
 
-    _say(f"5. {in_flight.REQUESTS} requests in flight: {IN_FLIGHT_PAIRS} pairs")
-    flight = in_flight.measure(IN_FLIGHT_PAIRS, tuple(http_servers))
+    _say(f"5. {plan.requests} requests in flight: {plan.in_flight_pairs} pairs")
+    flight = in_flight.measure(plan.in_flight_pairs, tuple(flight_servers), plan.requests)
     _say(in_flight.show(flight))
 
     results = report.Results(
@@ -87,11 +151,15 @@ def main() -> int:
         jobs=job_figures,
         in_flight=flight,
         not_measured=not_measured,
+        throughput_s=plan.throughput_s,
+        warmup_s=plan.warmup_s,
+        quick=quick,
     )
-    SAVED.parent.mkdir(parents=True, exist_ok=True)
-    SAVED.write_bytes(pickle.dumps(results))
+    if not quick:
+        SAVED.parent.mkdir(parents=True, exist_ok=True)
+        SAVED.write_bytes(pickle.dumps(results))
     write_report(results)
-    _say(f"bench took {results.wall_s:.0f} s")
+    _say(f"bench took {results.wall_s:.0f} s; load average after {results.load_after[0]:.2f}")
     return 0
 
 

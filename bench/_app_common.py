@@ -10,6 +10,23 @@ import logging
 import os
 import sys
 import time
+from typing import Any
+
+#: The realistic handler (``GET /work``): 1 ms of awaited work (a query, a call to another
+#: service) and a JSON body of some 550 bytes, serialised on every request.
+WORK_MS = 1
+WORK_BODY: dict[str, Any] = {
+    "id": 81234,
+    "customer": {"id": 5521, "name": "Ada Lovelace", "email": "ada@example.org"},
+    "status": "paid",
+    "currency": "EUR",
+    "items": [
+        {"sku": f"SKU-{n:05d}", "title": f"item {n}", "quantity": n % 3 + 1, "price": 9.5 + n}
+        for n in range(5)
+    ],
+    "total": 72.5,
+    "created_at": "2026-11-25T18:24:00Z",
+}
 
 
 def graceful_enabled() -> bool:

@@ -105,14 +105,23 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
 
 
 #: How each server runs a bench app: aiohttp its own ``run_app``; the ASGI app under uvicorn
-#: or hypercorn from their command lines, as users start them.
+#: or hypercorn from their command lines, as users start them. The event loop and HTTP parser
+#: are named, not left to ``auto``: what uvicorn picks depends on what else is installed.
+#: ``-uvloop`` is the same server on uvloop (uvicorn also with httptools, as
+#: ``uvicorn[standard]`` installs it).
+SERVERS = ("aiohttp", "aiohttp-uvloop", "uvicorn", "uvicorn-uvloop", "hypercorn")
+
+
 def server_command(server: str, port: int) -> list[str]:
     if server == "aiohttp":
         return [PY, "-m", "bench.aiohttp_app"]
-    if server == "uvicorn":
+    if server == "aiohttp-uvloop":
+        return [PY, "-m", "bench.aiohttp_app", "uvloop"]
+    if server in ("uvicorn", "uvicorn-uvloop"):
+        loop, http = ("uvloop", "httptools") if server == "uvicorn-uvloop" else ("asyncio", "h11")
         return [
             PY, "-m", "uvicorn", "bench.asgi_app:app", "--host", HOST, "--port", str(port),
-            "--log-level", "warning", "--no-access-log",
+            "--loop", loop, "--http", http, "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
     if server == "hypercorn":
         # One process (-w 0): with worker processes the arbiter holds its own copy of the

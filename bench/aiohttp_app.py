@@ -1,20 +1,24 @@
 """The smallest aiohttp app the benchmarks need; ``GRACEFUL=0`` runs it without graceful_web.
 
-GET /fast, GET /slow?ms=N, POST /jobs?ms=N (a protected job with the library, a bare task
-without), GET /stats (slow requests started / running), GET /healthz. HOST, PORT, DONE_FILE,
-GRACEFUL_DRAIN_TIMEOUT from the environment.
+GET /fast, GET /work (1 ms of awaited work and a JSON body), GET /slow?ms=N, POST /jobs?ms=N
+(a protected job with the library, a bare task without), GET /stats (slow requests started /
+running), GET /healthz. HOST, PORT, DONE_FILE, GRACEFUL_DRAIN_TIMEOUT from the environment.
+``python -m bench.aiohttp_app uvloop`` runs it on uvloop's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from ._app_common import (
+    WORK_BODY,
+    WORK_MS,
     DoneRecord,
     InFlight,
     configure_logging,
@@ -30,6 +34,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 async def fast(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
+
+
+async def work(request: web.Request) -> web.Response:
+    await asyncio.sleep(WORK_MS / 1000)
+    return web.json_response(WORK_BODY)
 
 
 async def slow(request: web.Request) -> web.Response:
@@ -77,6 +86,7 @@ async def passes_on(request: web.Request, handler: Handler) -> web.StreamRespons
 def make_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/fast", fast)
+    app.router.add_get("/work", work)
     app.router.add_get("/slow", slow)
     app.router.add_post("/jobs", create_job)
     app.router.add_get("/stats", stats)
@@ -92,6 +102,11 @@ def make_app() -> web.Application:
 
 def main() -> None:
     configure_logging()
+    loop = None
+    if sys.argv[1:] == ["uvloop"]:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     web.run_app(
         make_app(),
         host=os.environ.get("HOST", "127.0.0.1"),
@@ -99,6 +114,7 @@ def main() -> None:
         backlog=4096,  # 10 000 clients connect at once in the in-flight benchmark
         print=None,
         access_log=None,
+        loop=loop,
     )
 
 

@@ -1,8 +1,9 @@
 """The smallest Starlette app the benchmarks need, served by uvicorn or hypercorn;
 ``GRACEFUL=0`` serves it bare, otherwise it is wrapped in ``GracefulLifespan``.
 
-The same routes as bench/aiohttp_app.py: GET /fast, GET /slow?ms=N, POST /jobs?ms=N,
-GET /stats, GET /healthz. DONE_FILE and GRACEFUL_DRAIN_TIMEOUT from the environment.
+The same routes as bench/aiohttp_app.py: GET /fast, GET /work, GET /slow?ms=N,
+POST /jobs?ms=N, GET /stats, GET /healthz. DONE_FILE and GRACEFUL_DRAIN_TIMEOUT from the
+environment.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ._app_common import (
+    WORK_BODY,
+    WORK_MS,
     DoneRecord,
     InFlight,
     configure_logging,
@@ -30,6 +33,11 @@ _bare_jobs: set[asyncio.Task[Any]] = set()
 
 async def fast(request: Request) -> Response:
     return PlainTextResponse("ok\n")
+
+
+async def work(request: Request) -> Response:
+    await asyncio.sleep(WORK_MS / 1000)
+    return JSONResponse(WORK_BODY)
 
 
 async def slow(request: Request) -> Response:
@@ -73,6 +81,7 @@ def make_app() -> Any:
     inner = Starlette(
         routes=[
             Route("/fast", fast),
+            Route("/work", work),
             Route("/slow", slow),
             Route("/jobs", create_job, methods=["POST"]),
             Route("/stats", stats),

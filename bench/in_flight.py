@@ -5,19 +5,15 @@ the server has started all of them it gets SIGTERM. Bare aiohttp is the referenc
 also waits for handlers on its own, up to its ``shutdown_timeout``. Read from outside: how
 many requests were in flight at the signal and how many were answered 200, signal -> exit,
 and the drain's bookkeeping: signal -> "drain started" logged, last request done -> exit.
-``registration`` is the in-process cost of registering and releasing one request with 10 000
-others in flight.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -86,34 +82,10 @@ def run_once(server_name: str, graceful: bool, n: int = REQUESTS, ms: int = SLOW
         )
 
 
-def registration_ns(in_flight: int = REQUESTS, rounds: int = 5, n: int = 100_000) -> list[float]:
-    """ns to register and release one request while ``in_flight`` others are registered."""
-
-    async def main() -> list[float]:
-        from graceful_web._core import current_drain
-
-        drain = current_drain()
-        task = asyncio.current_task()
-        assert task is not None
-        held = [drain.request_started(f"GET /slow {i}", task.cancel) for i in range(in_flight)]
-        results = []
-        for _ in range(rounds):
-            began = time.perf_counter()
-            for _ in range(n):
-                drain.discard(drain.request_started("GET /fast", task.cancel))
-            results.append((time.perf_counter() - began) / n * 1e9)
-        for work in held:
-            drain.discard(work)
-        return results
-
-    return asyncio.run(main())
-
-
 @dataclass
 class InFlightFigures:
     requests: int
     runs: dict[tuple[str, bool], list[Run]] = field(default_factory=dict)
-    registration: list[float] = field(default_factory=list)
 
     def spread(self, server: str, graceful: bool, what: str) -> Spread | None:
         values = [getattr(run, what) for run in self.runs.get((server, graceful), [])]
@@ -121,22 +93,17 @@ class InFlightFigures:
         return Spread.of(values) if values else None
 
 
-def measure(pairs: int, servers: tuple[str, ...] = ("aiohttp",)) -> InFlightFigures:
-    raise_open_files(REQUESTS + 1000)
-    figures = InFlightFigures(REQUESTS)
+def measure(
+    pairs: int, servers: tuple[str, ...] = ("aiohttp",), n: int = REQUESTS
+) -> InFlightFigures:
+    raise_open_files(n + 1000)
+    figures = InFlightFigures(n)
     for server in servers:
         for _ in range(pairs):
             for graceful in (False, True):
-                figures.runs.setdefault((server, graceful), []).append(run_once(server, graceful))
-    done = subprocess.run(
-        [PY, "-m", "bench.in_flight", "registration"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    figures.registration = list(json.loads(done.stdout))
+                figures.runs.setdefault((server, graceful), []).append(
+                    run_once(server, graceful, n)
+                )
     return figures
 
 
@@ -146,15 +113,13 @@ def show(figures: InFlightFigures) -> str:
         label = f"{server} {'+ graceful_web' if graceful else 'bare'}"
         for run in runs:
             lines.append(f"{label}: {run}")
-    lines.append(f"registration {Spread.of(figures.registration).show(0)} ns")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["registration"]:
-        print(json.dumps(registration_ns()))
-    else:
-        from ._harness import pin_cpus
+    import sys
 
-        pin_cpus()
-        print(show(measure(pairs=int(sys.argv[1]) if len(sys.argv) > 1 else 1)))
+    from ._harness import pin_cpus
+
+    pin_cpus()
+    print(show(measure(pairs=int(sys.argv[1]) if len(sys.argv) > 1 else 1)))

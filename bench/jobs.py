@@ -1,13 +1,15 @@
-"""Figure 4: 100 000 jobs, ``graceful_web.spawn`` against bare ``asyncio.create_task``.
+"""Figure 4: 100 000 jobs, ``graceful_web.spawn`` against bare ``asyncio.create_task`` and
+against aiojobs' ``Scheduler.spawn``, what aiohttp apps use for background jobs today.
 
 Each run is a fresh interpreter (``python -m bench.jobs MODE MEASURE N``) that starts N jobs
 waiting on one gate, lets them all reach it, opens the gate and waits until every job is
-done; with ``spawn`` it then runs the drain. ``time`` reports CPU time per job for starting
-them and for the whole life of a job; ``time-nogc`` the same with the garbage collector
-paused, which tells the library's own work from the collections that every object still
-alive makes longer; ``memory`` (a separate run, as tracemalloc slows allocation) reports the
-bytes held per pending job and what is still held after the drain, against the baseline
-taken before the first job.
+done. ``time`` reports CPU time per job for starting them and for the whole life of a job;
+``time-nogc`` the same with the garbage collector paused, which tells the library's own work
+from the collections that every object still alive makes longer; ``memory`` (a separate run,
+as tracemalloc slows allocation) reports the bytes held per pending job and what is still
+held once every job is done, against the baseline taken before the first job. The loop is a
+plain ``asyncio.run``, as under a web server: no drain runs, so what is held at the end is
+what a long-running server keeps.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from ._harness import PY, ROOT, Spread
 
-MODES = ("task", "spawn")
+MODES = ("task", "spawn", "aiojobs")
 MEASURES = ("time", "time-nogc", "memory")
 JOBS = 100_000
 WARMUP_JOBS = 10_000
@@ -44,11 +46,18 @@ async def _one_round(mode: str, n: int, memory: bool) -> dict[str, float]:
             all_done.set()
 
     start: Callable[[], Any]
+    scheduler = None
     if mode == "spawn":
         import graceful_web
 
         def start() -> Any:
             return graceful_web.spawn(job())
+    elif mode == "aiojobs":
+        import aiojobs
+
+        # No limit: every job runs at once, as with create_task and spawn (the default, 100
+        # at a time, would queue the rest).
+        scheduler = aiojobs.Scheduler(limit=None)
     else:
 
         def start() -> Any:
@@ -57,8 +66,12 @@ async def _one_round(mode: str, n: int, memory: bool) -> dict[str, float]:
     gc.collect()
     baseline = tracemalloc.get_traced_memory()[0] if memory else 0
     began = time.process_time()
-    for _ in range(n):
-        start()
+    if scheduler is not None:
+        for _ in range(n):
+            await scheduler.spawn(job())
+    else:
+        for _ in range(n):
+            start()
     created = time.process_time()
     await asyncio.sleep(0)  # every job runs up to the gate
     pending = tracemalloc.get_traced_memory()[0] if memory else 0
@@ -67,14 +80,10 @@ async def _one_round(mode: str, n: int, memory: bool) -> dict[str, float]:
     finished = time.process_time()
     for _ in range(3):
         await asyncio.sleep(0)  # done callbacks of the last jobs
-    if mode == "spawn":
-        from graceful_web._core import current_drain
-
-        report = await current_drain().wait("bench")
-        if report.drained_jobs or report.abandoned:
-            raise RuntimeError(f"jobs were still protected after they finished: {report}")
     gc.collect()
     after = tracemalloc.get_traced_memory()[0] if memory else 0
+    if scheduler is not None:
+        await scheduler.close()
     return {
         "start_us": (created - began) / n * 1e6,
         "total_us": (finished - began) / n * 1e6,
@@ -90,6 +99,10 @@ def child(mode: str, measure: str, n: int) -> dict[str, float]:
         import graceful_web  # imported before the baseline, as an app would have it
 
         _ = graceful_web
+    elif mode == "aiojobs":
+        import aiojobs
+
+        _ = aiojobs
     # A warm-up round on a loop of its own (the drain is per loop and ends with the round).
     asyncio.run(_one_round(mode, WARMUP_JOBS, memory=False))
     if memory:
@@ -122,13 +135,20 @@ class JobFigures:
     def spread(self, mode: str, measure: str, key: str) -> Spread:
         return Spread.of([run[key] for run in self.runs[(mode, measure)]])
 
-    def extra_us(self, measure: str = "time") -> Spread:
-        """Per job, spawn's whole-life time minus create_task's, pair by pair."""
-        pairs = zip(self.runs[("task", measure)], self.runs[("spawn", measure)], strict=True)
-        return Spread.of([spawn["total_us"] - task["total_us"] for task, spawn in pairs])
+    def extra_us(self, measure: str = "time", mode: str = "spawn") -> Spread:
+        """Per job, ``mode``'s whole-life time minus create_task's, pair by pair."""
+        pairs = zip(self.runs[("task", measure)], self.runs[(mode, measure)], strict=True)
+        return Spread.of([other["total_us"] - task["total_us"] for task, other in pairs])
+
+    def extra_bytes(self, mode: str = "spawn") -> Spread:
+        """Per pending job, ``mode``'s bytes minus create_task's, pair by pair."""
+        pairs = zip(self.runs[("task", "memory")], self.runs[(mode, "memory")], strict=True)
+        key = "pending_bytes_per_job"
+        return Spread.of([other[key] - task[key] for task, other in pairs])
 
 
 def measure(pairs: int, n: int = JOBS) -> JobFigures:
+    """Runs of each mode alternate (task, spawn, aiojobs, task, …), each measure in turn."""
     figures = JobFigures(n)
     for measure_kind in MEASURES:
         for _ in range(pairs):
@@ -146,12 +166,14 @@ def show(figures: JobFigures) -> str:
             f"  {mode:6s} start {figures.spread(mode, 'time', 'start_us').show(2)} µs/job, "
             f"whole life {figures.spread(mode, 'time', 'total_us').show(2)} µs/job, "
             f"pending {figures.spread(mode, 'memory', 'pending_bytes_per_job').show(0)} B/job, "
-            f"after drain {figures.spread(mode, 'memory', 'after_drain_bytes').show(0)} B"
+            f"held once done {figures.spread(mode, 'memory', 'after_drain_bytes').show(0)} B"
         )
-    lines.append(
-        f"  spawn extra {figures.extra_us().show(2)} µs/job, "
-        f"with the collector paused {figures.extra_us('time-nogc').show(2)} µs/job"
-    )
+    for mode in MODES[1:]:
+        lines.append(
+            f"  {mode} extra {figures.extra_us(mode=mode).show(2)} µs/job, "
+            f"with the collector paused {figures.extra_us('time-nogc', mode).show(2)} µs/job, "
+            f"{figures.extra_bytes(mode).show(0)} B per pending job"
+        )
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
-"""Figure 1: throughput and latency of ``GET /fast``, bare server against the same app with
-graceful_web, loaded by wrk from its own process.
+"""Figure 1: throughput and latency of ``GET /fast`` (and of ``GET /work``, 1 ms of awaited
+work and a JSON body), bare server against the same app with graceful_web, loaded by wrk from
+its own process.
 
 The variants run at once, each in its own process on the server core; wrk loads one at a
 time, alternating A B C A B C: bare, with graceful_web, and bare behind an empty middleware
@@ -33,6 +34,7 @@ VARIANTS = ("bare", "graceful", "middleware")
 @dataclass
 class Comparison:
     server: str
+    path: str = "/fast"
     bare: list[Sample] = field(default_factory=list)
     graceful: list[Sample] = field(default_factory=list)
     middleware: list[Sample] = field(default_factory=list)  # bare + an empty middleware
@@ -79,16 +81,18 @@ def _cpu(server: Server) -> float:
     return float(json.loads(body)["cpu"])
 
 
-def _measure(server: Server, seconds: float) -> Sample:
+def _measure(server: Server, path: str, seconds: float) -> Sample:
     before = _cpu(server)
-    load = wrk(server.port, "/fast", seconds, CONNECTIONS)
+    load = wrk(server.port, path, seconds, CONNECTIONS)
     after = _cpu(server)
     requests = load.requests_per_s * seconds
     return Sample(load, (after - before) / max(requests, 1) * 1e6)
 
 
-def compare(server: str, rounds: int, seconds: float = RUN_S) -> Comparison:
-    result = Comparison(server)
+def compare(
+    server: str, rounds: int, seconds: float = RUN_S, path: str = "/fast", warmup: float = WARMUP_S
+) -> Comparison:
+    result = Comparison(server, path)
     empty = {"EMPTY_MIDDLEWARE": "1"}
     with (
         running(server, graceful=False) as bare,
@@ -96,16 +100,16 @@ def compare(server: str, rounds: int, seconds: float = RUN_S) -> Comparison:
         running(server, graceful=False, env=empty, variant="+ empty middleware") as middleware,
     ):
         for warm in (bare, graceful, middleware):
-            wrk(warm.port, "/fast", WARMUP_S, CONNECTIONS)
+            wrk(warm.port, path, warmup, CONNECTIONS)
         for _ in range(rounds):
-            result.bare.append(_measure(bare, seconds))
-            result.graceful.append(_measure(graceful, seconds))
-            result.middleware.append(_measure(middleware, seconds))
+            result.bare.append(_measure(bare, path, seconds))
+            result.graceful.append(_measure(graceful, path, seconds))
+            result.middleware.append(_measure(middleware, path, seconds))
     return result
 
 
 def show(result: Comparison) -> str:
-    lines = [f"{result.server}: {len(result.bare)} rounds"]
+    lines = [f"{result.server} GET {result.path}: {len(result.bare)} rounds"]
     for variant in VARIANTS:
         lines.append(
             f"  {variant:8s} {result.spread(variant, 'requests_per_s').show(0)} req/s, "
@@ -114,9 +118,11 @@ def show(result: Comparison) -> str:
             f"cpu {result.spread(variant, 'cpu').show(1)} µs/req"
         )
     lines.append(
-        f"  ratio {result.ratios().show(3)}; per CPU second {result.cpu_ratios().show(3)}; "
-        f"extra {result.extra_cpu_us().show(2)} µs/req; empty middleware "
-        f"{result.extra_cpu_us('middleware').show(2)} µs/req; errors {result.errors()}"
+        f"  ratio {result.ratios().show(3)} "
+        f"(empty middleware {result.ratios('middleware').show(3)}); "
+        f"per CPU second {result.cpu_ratios().show(3)}; extra {result.extra_cpu_us().show(2)} "
+        f"µs/req; empty middleware {result.extra_cpu_us('middleware').show(2)} µs/req; "
+        f"errors {result.errors()}"
     )
     return "\n".join(lines)
 
@@ -127,6 +133,7 @@ if __name__ == "__main__":
     from ._harness import pin_cpus
 
     pin_cpus()
-    servers = sys.argv[1:] or ["aiohttp"]
-    for name in servers:
-        print(show(compare(name, rounds=4)), flush=True)
+    # python -m bench.throughput [SERVER[:PATH] ...], e.g. aiohttp-uvloop uvicorn:/work
+    for spec in sys.argv[1:] or ["aiohttp"]:
+        name, _, path = spec.partition(":")
+        print(show(compare(name, rounds=4, path=path or "/fast")), flush=True)
