@@ -124,6 +124,9 @@ class GracefulLifespan:
         self.websocket_close_grace = float(websocket_close_grace)
         self.handle_signals = handle_signals
         self._readiness_path = self.config.readiness_path
+        # Set by lifespan startup; a request arriving while it is still False means the server
+        # never sends lifespan, so nothing would be drained: said once, at that request.
+        self._lifespan_started = False
 
     def __repr__(self) -> str:
         return f"GracefulLifespan({self.app!r})"
@@ -131,13 +134,28 @@ class GracefulLifespan:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type == "http":
+            if not self._lifespan_started:
+                self._warn_without_lifespan()
             await self._http(scope, receive, send)
         elif scope_type == "websocket":
+            if not self._lifespan_started:
+                self._warn_without_lifespan()
             await self._websocket(scope, receive, send)
         elif scope_type == "lifespan":
             await _Lifespan(self, scope, receive, send).run()
         else:
             await self.app(scope, receive, send)
+
+    def _warn_without_lifespan(self) -> None:
+        self._lifespan_started = True  # say it once
+        logger.warning(
+            "graceful_web: the server sent no lifespan startup before this request (uvicorn "
+            "--lifespan off, granian --interface asginl, or a server without lifespan "
+            "support): nothing will be drained on shutdown, and protected jobs are cancelled "
+            "when the process exits. Run the server with lifespan on (uvicorn --lifespan on; "
+            "GracefulLifespan answers lifespan itself even when the wrapped app, e.g. "
+            "Django's, does not support it)"
+        )
 
     # -- requests ------------------------------------------------------------------------
 
@@ -260,6 +278,7 @@ class _Lifespan:
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         drain = self.drain = current_drain()
         drain.configure(self.owner.config)
+        self.owner._lifespan_started = True
         startup_failed = False
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._run_inner)
