@@ -1,0 +1,198 @@
+"""Canaries: every private internal graceful_web reads (graceful_web/_quirks.py) and every
+event loop whose signals it holds back still have the shape it expects.
+
+Each failure names the package and the version installed, so an upgrade that changes an
+internal says at once what to look at. When one fails, graceful_web falls back to what the
+bare server does (tests/test_servers_and_loops.py shows the fallback); it never gets worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from graceful_web import _quirks, _signals
+
+
+def _canary(package: str, what: str) -> str:
+    version = _quirks.version_of(package)
+    return f"{package} {version}: {what} changed shape; see graceful_web/_quirks.py"
+
+
+# -- event loops: signals go through the wakeup fd ------------------------------------------
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if kind == "rloop":
+        import rloop
+
+        return rloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+@pytest.fixture
+def restore_sigusr() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("restore_sigusr")
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop", "rloop"])
+def test_each_loop_hands_its_signals_to_the_drain_first(kind: str) -> None:
+    package = "python" if kind == "asyncio" else kind
+    loop = _new_loop(kind)
+    seen: list[str] = []
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, seen.append, "server:USR1")
+        loop.add_signal_handler(signal.SIGUSR2, seen.append, "server:USR2")
+
+        async def scenario() -> None:
+            installed = _signals.install(
+                loop, [signal.SIGUSR1], lambda sig: seen.append(f"drain:{sig.name}")
+            )
+            assert installed is not None, _canary(package, "add_reader()")
+            try:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signal.SIGUSR2)
+                await _until(lambda: len(seen) >= 2)
+                assert sorted(seen) == ["drain:SIGUSR1", "server:USR2"], _canary(
+                    package, f"signal delivery through the wakeup fd (saw {seen})"
+                )
+                assert installed.deliver(signal.SIGUSR1)
+                await _until(lambda: len(seen) >= 3)
+                assert seen[2:] == ["server:USR1"], _canary(package, "the loop's wakeup fd")
+            finally:
+                installed.uninstall()
+            os.kill(os.getpid(), signal.SIGUSR1)  # the server's own handler again
+            await _until(lambda: len(seen) >= 4)
+            assert seen[3:] == ["server:USR1"], _canary(package, "signal.set_wakeup_fd")
+
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop", "rloop"])
+def test_each_loops_tasks_tell_what_they_await(kind: str) -> None:
+    package = "python" if kind == "asyncio" else kind
+    loop = _new_loop(kind)
+
+    async def wait_on(future: asyncio.Future[Any]) -> None:
+        await future
+
+    async def scenario() -> None:
+        job = asyncio.get_running_loop().create_future()
+        gathering = asyncio.gather(job)
+        main = asyncio.ensure_future(wait_on(gathering))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        awaited = _quirks.awaited_future(main)
+        assert awaited is gathering, _canary(package, "Task._fut_waiter")
+        assert job in _quirks.gathered_children(gathering), _canary(package, "gather's _children")
+        job.set_result(None)
+        await main
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+# -- uvicorn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("restore_sigusr")
+def test_uvicorn_keeps_the_signals_it_reraises_in_a_list() -> None:
+    import uvicorn
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not served")
+
+    server = uvicorn.Server(uvicorn.Config(app))
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with server.capture_signals():
+            captured = _quirks.uvicorn_captured_signals(signal.SIGTERM)
+            assert captured is not None, _canary("uvicorn", "Server._captured_signals")
+            server.handle_exit(int(signal.SIGTERM), None)
+            assert captured == [signal.SIGTERM], _canary("uvicorn", "Server.handle_exit")
+            captured.clear()  # what the drain does, so uvicorn does not re-raise it
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+
+
+# -- hypercorn -------------------------------------------------------------------------------
+
+
+def test_hypercorn_workers_carry_their_config_and_stop_event() -> None:
+    from hypercorn import run as hypercorn_run
+    from hypercorn.asyncio.run import asyncio_worker
+    from hypercorn.config import Config
+
+    class NotStarted(multiprocessing.Process):
+        def start(self) -> None:
+            pass
+
+    class Context:
+        Process = NotStarted
+
+    config = Config()
+    config.workers = 1
+    config.graceful_timeout = 17.0
+    stop_event = multiprocessing.get_context("spawn").Event()
+    processes: list[Any] = []
+    hypercorn_run._populate(  # type: ignore[attr-defined]
+        processes, config, asyncio_worker, None, stop_event, Context()
+    )
+    saved = multiprocessing.process._current_process  # type: ignore[attr-defined]
+    multiprocessing.process._current_process = processes[0]  # type: ignore[attr-defined]
+    try:
+        assert _quirks.hypercorn_parent_stop_event() is stop_event, _canary(
+            "hypercorn", "the worker process's arguments (shutdown_event)"
+        )
+        assert _quirks.hypercorn_graceful_timeout() == 17.0, _canary(
+            "hypercorn", "the worker process's arguments (config.graceful_timeout)"
+        )
+    finally:
+        multiprocessing.process._current_process = saved  # type: ignore[attr-defined]
+
+
+# -- aiohttp ---------------------------------------------------------------------------------
+
+
+async def test_aiohttp_requests_lead_to_their_server(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    async def which_server(request: web.Request) -> web.Response:
+        server = _quirks.aiohttp_server_of(request)
+        return web.Response(text=type(server).__name__)
+
+    app = web.Application()
+    app.router.add_get("/", which_server)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+    response = await client.get("/")
+    assert await response.text() == "Server", _canary("aiohttp", "request.protocol._manager")
