@@ -3,9 +3,10 @@ work and a JSON body), bare server against the same app with graceful_web, loade
 its own process.
 
 The variants run at once, each in its own process on the server core; wrk loads one at a
-time, alternating A B C A B C: bare, with graceful_web, and bare behind an empty middleware
-(one that only passes each request on), which shows what the server charges for having any
-middleware at all. Besides wrk's requests per second and p50/p99, the server's own CPU time per
+time: bare, with graceful_web, and bare behind an empty middleware (one that only passes each
+request on), which shows what the server charges for having any middleware at all. The order
+rotates round by round (A B C, B C A, C A B, …), so that no variant always runs first, right
+after the others' load. Besides wrk's requests per second and p50/p99, the server's own CPU time per
 request is read from ``/stats`` around every run: on a machine that also runs other work it
 moves far less than throughput, and it is what the library adds to each request.
 """
@@ -101,10 +102,11 @@ def compare(
     ):
         for warm in (bare, graceful, middleware):
             wrk(warm.port, path, warmup, CONNECTIONS)
-        for _ in range(rounds):
-            result.bare.append(_measure(bare, path, seconds))
-            result.graceful.append(_measure(graceful, path, seconds))
-            result.middleware.append(_measure(middleware, path, seconds))
+        servers = {"bare": bare, "graceful": graceful, "middleware": middleware}
+        for round_ in range(rounds):
+            turn = round_ % len(VARIANTS)
+            for variant in VARIANTS[turn:] + VARIANTS[:turn]:
+                result.samples(variant).append(_measure(servers[variant], path, seconds))
     return result
 
 
