@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench test-docker soak clean
+.PHONY: demo test lint bench test-docker test-pythons test-lowest soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ soak: $(STAMP)
 # behind nginx under load. As root on Debian it installs and starts what it needs (docker/test-docker.sh).
 test-docker: $(STAMP)
 	PY=$(PY) bash docker/test-docker.sh
+
+# make test under Python 3.13 and 3.14 (Debian sid's, in a chroot made by debootstrap, cached in
+# .python-cache/), each in its own venv (.venv-3.13, .venv-3.14). As root on Debian.
+test-pythons:
+	bash .ci/test-pythons.sh
+
+# make test with the lowest version of each dependency pyproject.toml allows (uv's
+# --resolution lowest-direct), on python3, in .venv-lowest.
+test-lowest:
+	PYTHON=$(PYTHON) bash .ci/test-lowest.sh
 
 # What graceful_web costs while serving and how fast it stops, side by side with the bare
 # servers (under ten minutes); writes bench/results.md and the table in README.md. Needs wrk.
