@@ -30,9 +30,12 @@ CYCLES = int(os.environ.get("SOAK_CYCLES", "10"))
 CLIENTS = 6
 ANSWERED_BEFORE_THE_SIGNAL = 20
 
-SERVICES = {
-    "aiohttp": "tests.apps.aiohttp_app",  # web.run_app
-    "uvicorn": "tests.apps.asgi_app",  # GracefulLifespan(Starlette) on uvicorn.run
+# web.run_app, and GracefulLifespan(Starlette) on uvicorn.run, each on asyncio and on uvloop.
+SERVICES: dict[str, tuple[str, dict[str, str]]] = {
+    "aiohttp-asyncio": ("tests.apps.aiohttp_app", {"LOOP": "asyncio"}),
+    "aiohttp-uvloop": ("tests.apps.aiohttp_app", {"LOOP": "uvloop"}),
+    "uvicorn-asyncio": ("tests.apps.asgi_app", {"LOOP": "asyncio"}),
+    "uvicorn-uvloop-httptools": ("tests.apps.asgi_app", {"LOOP": "uvloop", "HTTP": "httptools"}),
 }
 
 
@@ -138,10 +141,18 @@ class Client(threading.Thread):
         return sum(outcome.status is not None for outcome in self.outcomes)
 
 
-def one_cycle(start_server: StartServer, module: str, cycle: int, totals: Totals) -> None:
+def one_cycle(
+    start_server: StartServer, service: tuple[str, dict[str, str]], cycle: int, totals: Totals
+) -> None:
+    module, loop_env = service
     server = start_server(
         module,
-        env={"RECORD_REQUESTS": "1", "GRACEFUL_DRAIN_TIMEOUT": "10", "LOG_LEVEL": "WARNING"},
+        env={
+            "RECORD_REQUESTS": "1",
+            "GRACEFUL_DRAIN_TIMEOUT": "10",
+            "LOG_LEVEL": "WARNING",
+            **loop_env,
+        },
         name=f"soak-{cycle}",
     )
     clients = [Client(server, f"c{cycle}-{n}", seed=cycle * 100 + n) for n in range(CLIENTS)]

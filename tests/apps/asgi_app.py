@@ -4,7 +4,8 @@ TEST_APP=starlette (default) | bare (a plain ASGI function without lifespan supp
     | startup_fails (the inner app's lifespan startup raises)
 The inner Starlette app's lifespan sets ``state["db"]`` and records "inner-startup" and
 "inner-shutdown" in JOBS_FILE.events, so tests can see the inner lifespan still runs.
-``python -m tests.apps.asgi_app`` serves it with ``uvicorn.run``.
+``python -m tests.apps.asgi_app`` serves it with ``uvicorn.run``; LOOP and HTTP there choose
+uvicorn's loop and HTTP parser (auto by default).
 RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts;
 STARTUP_DELAY_MS=N makes the inner lifespan startup log "startup hook running" and sleep N ms.
 """
@@ -246,7 +247,14 @@ app = build()
 def main() -> None:
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_config=None)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        log_config=None,
+        loop=os.environ.get("LOOP", "auto"),
+        http=os.environ.get("HTTP", "auto"),
+    )
 
 
 if __name__ == "__main__":
