@@ -36,12 +36,13 @@ def cancelled_unprotected(worker: Server) -> list[str]:
 # -- the classic scenario -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @SIGNALS
 def test_protected_jobs_finish_and_unprotected_tasks_are_cancelled(
-    start_server: StartServer, sig: int
+    start_server: StartServer, sig: int, loop: str
 ) -> None:
     # 3 protected and 3 unprotected tasks of 10 s; the signal comes 1 s into their work.
-    worker = start_worker(start_server, JOB_MS="10000", CHECKPOINT_MS="1000")
+    worker = start_worker(start_server, JOB_MS="10000", CHECKPOINT_MS="1000", LOOP=loop)
     wait_until(
         lambda: len([line for line in worker.events() if line.startswith("running:")]) == 6,
         20,
@@ -207,3 +208,14 @@ async def test_run_inside_a_running_loop_says_what_to_do() -> None:
         graceful_web.run(main)
     assert inspect.getcoroutinestate(main) == inspect.CORO_CLOSED
     await asyncio.sleep(0)
+
+
+def test_a_loop_instead_of_a_loop_factory_is_refused_with_what_to_pass() -> None:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    try:
+        with pytest.raises(TypeError, match=r"e\.g\. uvloop\.new_event_loop \(not"):
+            graceful_web.run(asyncio.sleep(0), loop_factory=loop)  # type: ignore[arg-type]
+    finally:
+        loop.close()

@@ -92,5 +92,10 @@ async def main() -> str:
 
 if __name__ == "__main__":
     configure_logging()
-    result = graceful_web.run(main())
+    loop_factory = None
+    if os.environ.get("LOOP") == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    result = graceful_web.run(main(), loop_factory=loop_factory)
     print(f"run returned {result!r}", flush=True)
