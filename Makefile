@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench test-docker test-pythons test-lowest soak clean
+.PHONY: demo test lint bench matrix test-docker test-pythons test-lowest soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 bench: $(STAMP) $(BENCH_STAMP)
 	bash bench/install_wrk.sh
 	$(PY) -m bench
+
+# Every server on every event loop, drained under SIGTERM; writes the README's server table.
+matrix: $(STAMP)
+	rm -f .matrix-figures.jsonl
+	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_servers_and_loops.py -k "drains_on_its_loop"
+	$(PY) -m tests._matrix_table .matrix-figures.jsonl
 
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web
