@@ -1,8 +1,7 @@
 """GracefulLifespan under real ASGI servers, stopped by real signals.
 
-Each server row runs the same scenario: a slow request, two protected jobs and a Starlette
-background task are in flight when SIGTERM arrives; the client must get its full 200 and
-every job its record, and the process must exit 0. The behaviours after it run on uvicorn.
+The behaviours run on uvicorn with its default loop (uvloop where installed); every other
+server and loop runs the same drain scenario in tests/test_servers_and_loops.py.
 """
 
 from __future__ import annotations
@@ -27,47 +26,9 @@ from .conftest import Server, StartServer, connect_refused, wait_until
 PY = sys.executable
 APP = "tests.apps.asgi_app:app"
 
-SERVERS: dict[str, list[str]] = {
-    "uvicorn-cli": [PY, "-m", "uvicorn", APP, "--port", "{port}"],
-    "uvicorn-run": [PY, "-m", "tests.apps.asgi_app"],
-    "uvicorn-workers-2": [PY, "-m", "uvicorn", APP, "--port", "{port}", "--workers", "2"],
-    "hypercorn-asyncio": [
-        PY, "-m", "hypercorn", APP, "--bind", "127.0.0.1:{port}", "--graceful-timeout", "10",
-    ],
-    "hypercorn-trio": [
-        PY, "-m", "hypercorn", "-k", "trio", APP, "--bind", "127.0.0.1:{port}",
-        "--graceful-timeout", "10",
-    ],
-    "hypercorn-asyncio-single-process": [
-        PY, "-m", "hypercorn", "-w", "0", APP, "--bind", "127.0.0.1:{port}",
-        "--graceful-timeout", "10",
-    ],
-    "hypercorn-trio-single-process": [
-        PY, "-m", "hypercorn", "-w", "0", "-k", "trio", APP, "--bind", "127.0.0.1:{port}",
-        "--graceful-timeout", "10",
-    ],
-    "gunicorn-uvicorn-worker": [
-        PY, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-b", "127.0.0.1:{port}",
-        "--graceful-timeout", "10", APP,
-    ],
-    "granian": [
-        PY, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
-        APP,
-    ],
-}  # fmt: skip
-
-# In these the process that gets the signal owns the listener, so it closes at once. In the
-# multi-process ones the parent keeps the listening socket until its workers have exited.
-CLOSES_AT_ONCE = {
-    "uvicorn-cli",
-    "uvicorn-run",
-    "hypercorn-asyncio-single-process",
-    "hypercorn-trio-single-process",
-    "gunicorn-uvicorn-worker",
-    "granian",
-}
-
-UVICORN = SERVERS["uvicorn-cli"]
+# Every other server and loop: tests/test_servers_and_loops.py.
+UVICORN = [PY, "-m", "uvicorn", APP, "--port", "{port}"]
+HYPERCORN = [PY, "-m", "hypercorn", APP, "--bind", "127.0.0.1:{port}", "--graceful-timeout", "10"]
 
 
 @dataclass
@@ -122,32 +83,6 @@ def start_asgi(
     start_server: StartServer, argv: list[str], timeout: float = 8, **env: str
 ) -> Server:
     return start_server(argv, env={"GRACEFUL_DRAIN_TIMEOUT": str(timeout), **env})
-
-
-@pytest.mark.parametrize("server_name", list(SERVERS))
-def test_every_server_drains_requests_background_tasks_and_jobs(
-    start_server: StartServer, server_name: str
-) -> None:
-    server = start_asgi(start_server, SERVERS[server_name])
-    slow = Call("GET", f"{server.url}/slow-recorded?ms=2000&id=s1")
-    for job in ("j1", "j2"):
-        assert httpx.post(f"{server.url}/jobs-recorded?ms=2500&id={job}").status_code == 202
-    assert httpx.post(f"{server.url}/background-recorded?ms=2000&id=b1").status_code == 202
-    wait_until(lambda: events_contain(server, "start:s1", "background-start:b1"), 10, "work")
-
-    server.send(signal.SIGTERM)
-    wait_until(lambda: connect_refused(server.port), 8, "the listener to close")
-    refused_at = time.monotonic()
-    exit_code = server.wait_exit(timeout=20)
-
-    response = slow.result()
-    assert response.status_code == 200 and response.text == "slept 2000 ms\n"
-    assert sorted(server.jobs()) == ["b1", "j1", "j2"]
-    assert exit_code == 0, server.log()
-    # A multi-process server drains in each worker: add their reports up.
-    assert drained_totals(server.log()) == {"requests": 2, "jobs": 2, "failed": 0, "abandoned": 0}
-    if server_name in CLOSES_AT_ONCE:
-        assert slow.finished_at is not None and refused_at < slow.finished_at
 
 
 def test_inner_lifespan_and_its_state_keep_working(start_server: StartServer) -> None:
@@ -218,14 +153,14 @@ def test_server_sent_events_end_politely_when_the_drain_starts(
     ("server_name", "pre_stop_delay"),
     # uvicorn closes websockets itself (1012) when it stops: the grace runs inside the
     # pre-stop delay there. hypercorn waits for them, so the grace alone is enough.
-    [("uvicorn-cli", "1.5"), ("hypercorn-asyncio", "0")],
+    [("uvicorn", "1.5"), ("hypercorn", "0")],
 )
 def test_websockets_are_closed_with_1001_after_the_grace(
     start_server: StartServer, server_name: str, pre_stop_delay: str
 ) -> None:
     server = start_asgi(
         start_server,
-        SERVERS[server_name],
+        UVICORN if server_name == "uvicorn" else HYPERCORN,
         WEBSOCKET_CLOSE_GRACE="0.5",
         GRACEFUL_PRE_STOP_DELAY=pre_stop_delay,
     )
