@@ -53,6 +53,17 @@ ensure_venv() {
     log "installing graceful-web[dev] with the lowest direct versions into $VENV"
     "$UV" pip install --quiet --python "$VENV/bin/python" --resolution lowest-direct \
         ${options[@]+"${options[@]}"} -e '.[dev]' || die "uv could not install the lowest versions"
+    # aiohttp before 3.12.14 annotates its signals (app.on_startup...) for aiosignal < 1.4: with
+    # a newer aiosignal mypy misreads them, though the code runs the same. Such an old aiohttp
+    # gets the aiosignal of its own time.
+    if "$VENV/bin/python" -c 'import sys
+from importlib.metadata import version
+from packaging.version import Version
+sys.exit(Version(version("aiohttp")) >= Version("3.12.14"))'; then
+        log "aiohttp is older than 3.12.14: with aiosignal < 1.4"
+        "$UV" pip install --quiet --python "$VENV/bin/python" ${options[@]+"${options[@]}"} \
+            'aiosignal<1.4' || die "uv could not install aiosignal < 1.4"
+    fi
     echo "$key" >"$VENV/.lowest-key"
     # make test then finds its stamp newer than pyproject.toml and installs nothing more.
     touch "$VENV/.installed-dev"
