@@ -6,17 +6,10 @@ deadline, reports anything it had to abandon, and only then lets the process exi
 """
 
 from . import _log_output  # noqa: F401  (our log lines reach the server's log by default)
-from ._core import (
-    EXIT_ABANDONED,
-    EXIT_HARD,
-    AbandonedWork,
-    DrainReport,
-    ShutdownInProgress,
-    protect,
-    shutting_down,
-    spawn,
-)
+from ._current import protect, shutting_down, spawn
+from ._report import EXIT_ABANDONED, EXIT_HARD, AbandonedWork, DrainReport
 from ._run import run
+from ._work import ShutdownInProgress
 
 __all__ = [
     "EXIT_ABANDONED",

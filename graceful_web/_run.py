@@ -18,17 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from . import _quirks, _signals
-from ._core import (
-    CANCEL_GRACE,
+from ._config import Config
+from ._current import current_drain
+from ._drain import CANCEL_GRACE, Drain
+from ._report import (
     AbandonedCallback,
-    Config,
-    Drain,
     DrainFinishedCallback,
     DrainReport,
     DrainStartedCallback,
-    _inside_protected,
-    current_drain,
 )
+from ._work import inside_protected
 
 __all__ = ["run"]
 
@@ -237,7 +236,7 @@ class _Supervisor(Generic[T]):
     def _is_follow_up(self, task: asyncio.Task[Any]) -> bool:
         get_context = getattr(task, "get_context", None)
         if get_context is not None:
-            return bool(get_context().get(_inside_protected, False))
+            return bool(get_context().get(inside_protected, False))
         return task in self._follow_ups
 
     def _note_follow_ups(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -252,7 +251,7 @@ class _Supervisor(Generic[T]):
             if context is None:
                 context = options["context"] = contextvars.copy_context()
             task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **options)
-            if context.get(_inside_protected, False):
+            if context.get(inside_protected, False):
                 follow_ups.add(task)
             return task
 

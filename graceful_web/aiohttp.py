@@ -20,17 +20,16 @@ from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
 from . import _signals
-from ._core import (
+from ._config import Config
+from ._current import current_drain
+from ._drain import Drain, Phase
+from ._report import (
     AbandonedCallback,
-    Config,
-    Drain,
     DrainFinishedCallback,
     DrainReport,
     DrainStartedCallback,
-    Phase,
-    _inside_protected,
-    current_drain,
 )
+from ._work import inside_protected
 
 __all__ = ["graceful_middleware", "setup"]
 
@@ -232,7 +231,7 @@ class _GracefulMiddleware:
         task = asyncio.current_task()
         assert task is not None
         entered = drain.enter_request(task, _request_name, request)
-        token = _inside_protected.set(True)
+        token = inside_protected.set(True)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -240,7 +239,7 @@ class _GracefulMiddleware:
                 exc.force_close()
             raise
         finally:
-            _inside_protected.reset(token)
+            inside_protected.reset(token)
             if entered:
                 drain.exit_request(task)
         if drain.phase is not Phase.SERVING:

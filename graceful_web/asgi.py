@@ -25,19 +25,18 @@ import anyio
 import anyio.abc
 
 from . import _quirks, _signals
-from ._core import (
+from ._config import Config
+from ._current import current_drain
+from ._drain import Drain, Phase
+from ._report import (
     AbandonedCallback,
-    Config,
-    Drain,
     DrainFinishedCallback,
     DrainReport,
     DrainStartedCallback,
-    Phase,
-    _inside_protected,
-    current_drain,
-    exit_now,
     forced_exit_code,
 )
+from ._watchdog import exit_now
+from ._work import inside_protected
 
 __all__ = ["GracefulLifespan"]
 
@@ -177,21 +176,21 @@ class GracefulLifespan:
             # trio: cancelling the request means cancelling a scope around it.
             with anyio.CancelScope() as request_scope:
                 work = drain.request_started(_request_name(scope), request_scope.cancel)
-                token = _inside_protected.set(True)
+                token = inside_protected.set(True)
                 try:
                     await self.app(scope, receive, send_closing_when_draining)
                 finally:
-                    _inside_protected.reset(token)
+                    inside_protected.reset(token)
                     drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
-        token = _inside_protected.set(True)
+        token = inside_protected.set(True)
         try:
             # Starlette/FastAPI background tasks run inside this call, after the response:
             # they are protected for as long as the request is.
             await self.app(scope, receive, send_closing_when_draining)
         finally:
-            _inside_protected.reset(token)
+            inside_protected.reset(token)
             if entered:
                 drain.exit_request(task)
 
@@ -219,7 +218,7 @@ class GracefulLifespan:
                     await send({"type": "websocket.close", "code": 1001, "reason": "going away"})
             app_scope.cancel()
 
-        token = _inside_protected.set(True)
+        token = inside_protected.set(True)
         outer = anyio.CancelScope()
         work = drain.request_started(f"WEBSOCKET {path}", outer.cancel)
         try:
@@ -237,7 +236,7 @@ class GracefulLifespan:
                         app_done = True
                         task_group.cancel_scope.cancel()
         finally:
-            _inside_protected.reset(token)
+            inside_protected.reset(token)
             drain.discard(work)
 
 

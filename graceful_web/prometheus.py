@@ -12,8 +12,9 @@ import threading
 import weakref
 from collections.abc import Iterator
 
-from . import _core
-from ._core import Drain, DrainReport, Phase
+from . import _current, _drain
+from ._drain import Drain, Phase
+from ._report import DrainReport
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -145,7 +146,7 @@ def _live_drains() -> list[Drain]:
     # creates its drain; a retry covers the rare "changed size during iteration".
     for _ in range(5):
         try:
-            return list(_core._drains.values())
+            return list(_current.drains.values())
         except RuntimeError:
             continue
     return []
@@ -163,8 +164,8 @@ def _on_report(drain: Drain, report: DrainReport) -> None:
         collector._add_report(drain, report)
 
 
-if _on_report not in _core._report_listeners:
-    _core._report_listeners.append(_on_report)
+if _on_report not in _drain.report_listeners:
+    _drain.report_listeners.append(_on_report)
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> DrainCollector:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from graceful_web._core import current_drain
+from graceful_web._current import current_drain
 from graceful_web.asgi import GracefulLifespan
 
 

@@ -18,8 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graceful_web
-from graceful_web import _core
-from graceful_web._core import CANCEL_GRACE, Config, Drain, ShutdownInProgress, current_drain
+from graceful_web import _drain, _report, _work
+from graceful_web._config import Config
+from graceful_web._current import current_drain
+from graceful_web._drain import CANCEL_GRACE, Drain
+from graceful_web._work import ShutdownInProgress
 
 
 class Clock:
@@ -113,7 +116,7 @@ async def play(scenario: list[tuple[tuple[str, int], int]], clock: Clock) -> tup
     drain = current_drain()
     drain.configure(Config.build(drain_timeout=DRAIN_TIMEOUT, progress_interval=0))
     model = Model(drain)
-    waiting: asyncio.Task[_core.DrainReport] | None = None
+    waiting: asyncio.Task[_report.DrainReport] | None = None
     signals = 0
     for (step, index), turns in scenario:
         if step == "spawn":
@@ -156,11 +159,15 @@ def test_every_accepted_job_is_completed_or_reported_abandoned_exactly_once(
     clock = Clock()
     loop = ClockLoop(clock)
     try:
-        with mock.patch.object(_core, "time", types.SimpleNamespace(monotonic=clock.monotonic)):
+        fake_time = types.SimpleNamespace(monotonic=clock.monotonic)
+        with (
+            mock.patch.object(_drain, "time", fake_time),
+            mock.patch.object(_work, "time", fake_time),
+        ):
             model, report = loop.run_until_complete(play(scenario, clock))
     finally:
         loop.close()
-    assert isinstance(report, _core.DrainReport)
+    assert isinstance(report, _report.DrainReport)
 
     finished = model.completed + model.failed
     abandoned = [work.name for work in report.abandoned if work.kind == "job"]

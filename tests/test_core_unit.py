@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient
 
 import graceful_web
 from graceful_web import ShutdownInProgress, spawn
-from graceful_web._core import Config, current_drain, parse_signals
+from graceful_web._config import Config, parse_signals
+from graceful_web._current import current_drain
 from graceful_web._signals import install
 from graceful_web.aiohttp import graceful_middleware, setup
 

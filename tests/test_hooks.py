@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from graceful_web import DrainReport
-from graceful_web._core import Config, current_drain
+from graceful_web._config import Config
+from graceful_web._current import current_drain
 from graceful_web.aiohttp import setup
 
 from ._watch import post_job, slow_request

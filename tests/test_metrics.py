@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import graceful_web.prometheus
 from graceful_web import spawn
-from graceful_web._core import Config, current_drain
+from graceful_web._config import Config
+from graceful_web._current import current_drain
 
 from ._watch import post_job, slow_request
 from .conftest import ROOT, StartServer, free_port, wait_until
@@ -120,7 +121,7 @@ def test_the_core_and_the_adapter_never_import_prometheus_client() -> None:
         """
         import asyncio, sys
         import graceful_web, graceful_web.aiohttp, graceful_web.asgi
-        from graceful_web._core import current_drain
+        from graceful_web._current import current_drain
 
         async def main():
             current_drain().spawn(asyncio.sleep(0.01))

@@ -14,7 +14,8 @@ import anyio
 import pytest
 import structlog
 
-from graceful_web._core import Config, current_drain
+from graceful_web._config import Config
+from graceful_web._current import current_drain
 
 from ._watch import json_records, post_job, progress_records, slow_request
 from .conftest import StartServer

@@ -22,7 +22,7 @@ from aiohttp import web
 from demo_services._contract import configure_logging
 from demo_services.aiohttp_service import make_app
 from graceful_web import spawn
-from graceful_web._core import current_drain
+from graceful_web._current import current_drain
 from graceful_web.aiohttp import graceful_middleware
 
 from ._work import (

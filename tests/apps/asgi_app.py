@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from demo_services._contract import configure_logging, parse_ms
 from demo_services.asgi_service import build_starlette
 from graceful_web import ShutdownInProgress, spawn
-from graceful_web._core import current_drain
+from graceful_web._current import current_drain
 from graceful_web.asgi import GracefulLifespan
 
 from ._work import (

@@ -19,7 +19,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from demo_services._contract import jobs_file
 from graceful_web import DrainReport
-from graceful_web._core import current_drain
+from graceful_web._current import current_drain
 
 
 def record_event(line: str) -> None:

@@ -1,0 +1,164 @@
+"""The drain's settings, shared by every adapter: a value passed in code wins, else its
+environment variable, else the default; each is checked with a message that says what to do."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
+PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
+PROGRESS_INTERVAL_ENV = "GRACEFUL_PROGRESS_INTERVAL"
+DEFAULT_DRAIN_TIMEOUT = 25.0
+DEFAULT_PROGRESS_INTERVAL = 1.0
+
+#: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
+#: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
+#: the settings only keep it.
+Hook = Callable[[Any], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated drain settings.
+
+    A value passed in code wins; when it is ``None`` the environment variable is read,
+    then the default applies.
+    """
+
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    pre_stop_delay: float = 0.0
+    on_abandoned: Hook | None = None
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+    readiness_path: str | None = "/readyz"
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # 0 turns the progress lines off
+    on_drain_started: Hook | None = None
+    on_drain_finished: Hook | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        drain_timeout: float | None = None,
+        pre_stop_delay: float | None = None,
+        on_abandoned: Hook | None = None,
+        signals: Iterable[signal.Signals | int | str] | None = None,
+        readiness_path: str | None = "/readyz",
+        progress_interval: float | None = None,
+        on_drain_started: Hook | None = None,
+        on_drain_finished: Hook | None = None,
+    ) -> Config:
+        timeout = _seconds(
+            "drain_timeout", drain_timeout, DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT, False
+        )
+        delay = _seconds("pre_stop_delay", pre_stop_delay, PRE_STOP_DELAY_ENV, 0.0, True)
+        if delay >= timeout:
+            raise ValueError(
+                f"pre_stop_delay ({delay:g} s) must be shorter than drain_timeout "
+                f"({timeout:g} s): the delay is spent inside the one drain deadline"
+            )
+        if on_abandoned is not None and not callable(on_abandoned):
+            raise TypeError(f"on_abandoned must be callable, got {on_abandoned!r}")
+        _check_callback("on_drain_started", on_drain_started)
+        _check_callback("on_drain_finished", on_drain_finished)
+        interval = _seconds(
+            "progress_interval",
+            progress_interval,
+            PROGRESS_INTERVAL_ENV,
+            DEFAULT_PROGRESS_INTERVAL,
+            True,
+        )
+        if readiness_path is not None and (
+            not isinstance(readiness_path, str) or not readiness_path.startswith("/")
+        ):
+            raise ValueError(
+                f"readiness_path must be a path starting with '/', e.g. '/readyz', or None to "
+                f"turn it off; got {readiness_path!r}"
+            )
+        return cls(
+            readiness_path=readiness_path,
+            drain_timeout=timeout,
+            pre_stop_delay=delay,
+            on_abandoned=on_abandoned,
+            signals=parse_signals(signals),
+            progress_interval=interval,
+            on_drain_started=on_drain_started,
+            on_drain_finished=on_drain_finished,
+        )
+
+
+def _seconds(name: str, value: float | None, env: str, default: float, allow_zero: bool) -> float:
+    """``value`` checked, else the environment variable ``env`` checked, else ``default``;
+    an error names whichever of the two was wrong."""
+    if value is None:
+        value = _env_seconds(env)
+        name = env
+    return _check_seconds(name, default if value is None else value, allow_zero=allow_zero)
+
+
+def _env_seconds(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{name}={raw!r} is not a number of seconds; set it to e.g. {name}=25"
+        ) from None
+    return value
+
+
+def _check_seconds(name: str, value: float, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+    return float(value)
+
+
+def _check_callback(name: str, callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"{name} must be callable (a function or an async function), got {callback!r}"
+        )
+
+
+def parse_signals(
+    signals: Iterable[signal.Signals | int | str] | None,
+) -> tuple[signal.Signals, ...]:
+    """Turn names ("SIGTERM", "TERM"), numbers or ``signal.Signals`` into a checked tuple."""
+    if signals is None:
+        return (signal.SIGINT, signal.SIGTERM)
+    if isinstance(signals, (str, int)):
+        signals = (signals,)
+    parsed = [_parse_signal(item) for item in signals]
+    if not parsed:
+        raise ValueError("signals must name at least one signal, e.g. ('SIGINT', 'SIGTERM')")
+    return tuple(dict.fromkeys(parsed))
+
+
+def _parse_signal(item: object) -> signal.Signals:
+    if isinstance(item, signal.Signals):
+        return item
+    if isinstance(item, int) and not isinstance(item, bool):
+        try:
+            return signal.Signals(item)
+        except ValueError:
+            raise ValueError(f"unknown signal number {item}") from None
+    if isinstance(item, str):
+        key = item.upper()
+        key = key if key.startswith("SIG") else "SIG" + key
+        try:
+            return signal.Signals[key]
+        except KeyError:
+            known = ", ".join(s.name for s in (signal.SIGINT, signal.SIGTERM))
+            raise ValueError(f"unknown signal name {item!r}: use a name like {known}") from None
+    raise TypeError(f"unknown signal {item!r}: use e.g. signal.SIGTERM or 'SIGTERM'")
