@@ -132,7 +132,8 @@ def summary_table(results: Results) -> str:
             f"| {_num(bare_rps, 0)}, {comparison.spread('bare', 'p50_ms').median:.2f} / "
             f"{comparison.spread('bare', 'p99_ms').median:.2f} ms "
             f"| {_num(graceful_rps, 0)}, {comparison.spread('graceful', 'p50_ms').median:.2f} / "
-            f"{comparison.spread('graceful', 'p99_ms').median:.2f} ms; ratio {ratio:.3f}; "
+            f"{comparison.spread('graceful', 'p99_ms').median:.2f} ms; ratio {ratio:.3f} "
+            f"(per CPU second {comparison.cpu_ratios().median:.3f}); "
             f"{_signed(comparison.extra_cpu_us().median, 1)} µs CPU per request; an empty "
             f"middleware: ratio {comparison.ratios('middleware').median:.3f}, "
             f"{_signed(comparison.extra_cpu_us('middleware').median, 1)} µs "
@@ -331,6 +332,8 @@ def results_markdown(results: Results) -> str:
         "bare run. A ratio is requests/s with graceful_web (or behind an empty middleware) over "
         "bare, round by round; *within 0.01 of an empty middleware* is met when graceful_web's "
         "ratio is at most 0.01 below the empty middleware's, measured in the same rounds. "
+        "*Per CPU second* is the same ratio from the server's own CPU time per request, which "
+        "other work on the machine moves far less than throughput. "
         "`GET /work` is the realistic handler: 1 ms of awaited work and a JSON body of some "
         "550 bytes."
     )
