@@ -106,3 +106,18 @@ def awaited_future(task: asyncio.Task[Any]) -> asyncio.Future[Any] | None:
 def gathered_children(future: asyncio.Future[Any]) -> tuple[asyncio.Future[Any], ...]:
     """The children of an ``asyncio.gather`` future (``_GatheringFuture._children``)."""
     return tuple(getattr(future, "_children", ()))
+
+
+# -- event loops -------------------------------------------------------------------------
+
+
+def is_loop_signal_dispatcher(handler: object, loop: object) -> bool:
+    """Whether ``handler``, a Python-level signal handler, is only the stand-in an event loop
+    sets beside its own ``add_signal_handler`` entry (asyncio's ``_sighandler_noop``, uvloop's
+    ``Loop.__sighandler``, rloop's ``_noop``): the loop dispatches from the wakeup fd."""
+    if getattr(handler, "__self__", None) is loop:
+        return getattr(handler, "__name__", "") == "_Loop__sighandler"  # uvloop
+    return (getattr(handler, "__module__", None), getattr(handler, "__qualname__", None)) in {
+        ("asyncio.unix_events", "_sighandler_noop"),
+        ("rloop.utils", "_noop"),
+    }

@@ -8,9 +8,11 @@ through any handler we could read back: uvloop and rloop keep theirs where Pytho
 
 So nothing is read out of the loop. While installed, the wakeup fd is ours: a signal we
 watch reaches our handler and not the loop, every other signal is passed on to the loop at
-once, and ``deliver`` hands a watched signal on when the drain says so: it calls the
-Python-level handler we replaced and writes the signal to the loop's own wakeup fd, exactly
-as if the signal had arrived then. The server stops the way it always does.
+once, and ``deliver`` hands a watched signal on when the drain says so: it writes the signal
+to the loop's own wakeup fd (for a loop's handler) or calls the Python-level handler we
+replaced, exactly as if the signal had arrived then. The server stops the way it always does.
+A loop that takes the wakeup fd back at the start of a run (uvloop, rloop) is caught up with
+at the next signal or ``retake``; a signal the loop saw meanwhile is not delivered twice.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
+
+from . import _quirks
 
 logger = logging.getLogger("graceful_web")
 
@@ -46,7 +50,11 @@ class Installed:
         self.previous: dict[signal.Signals, Any] = {}
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
-        self._loop_wakeup_fd = -1  # the wakeup fd the loop had set, where signals go on to
+        # The wakeup fd the loop had set, where signals go on to, with its inode: a loop may
+        # close it at the end of a run (uvloop does), and its number may then be reused.
+        self._loop_wakeup: tuple[int, int] | None = None
+        # Signals that reached the loop too, while it had taken the wakeup fd back.
+        self._seen_by_loop: set[signal.Signals] = set()
 
     @property
     def signals(self) -> tuple[signal.Signals, ...]:
@@ -56,14 +64,32 @@ class Installed:
         """Hand ``sig`` to the server's own handler for it, as if it arrived now; False when
         nothing in the process handles ``sig``."""
         handler: Any = self.previous[sig] if sig in self.previous else signal.getsignal(sig)
-        handled = callable(handler)
-        if self._owns_wakeup_fd() and self._loop_wakeup_fd >= 0:
-            # Unless someone took the wakeup fd back since, the loop never saw this signal.
-            with contextlib.suppress(OSError):
-                os.write(self._loop_wakeup_fd, bytes([int(sig)]))
-        if handled:
+        if not callable(handler):
+            return False
+        if _quirks.is_loop_signal_dispatcher(handler, self._loop):
+            # The loop's own entry runs from the wakeup fd: write the signal there, unless
+            # the loop saw it already.
+            self.retake()
+            if sig not in self._seen_by_loop:
+                self._write_to_loop(bytes([int(sig)]))
+        else:
             handler(int(sig), None)
-        return handled
+        self._seen_by_loop.discard(sig)
+        return True
+
+    def retake(self) -> bool:
+        """Make the wakeup fd ours again if the loop took it back (uvloop and rloop set their
+        own at the start of every run); True when it was still ours."""
+        writer = self._writer
+        if writer is None or threading.current_thread() is not threading.main_thread():
+            return True
+        current = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        if current == writer.fileno():
+            return True
+        if current >= 0:
+            with contextlib.suppress(OSError):
+                self._loop_wakeup = (current, os.fstat(current).st_ino)
+        return False
 
     def uninstall(self) -> None:
         self._pass_on_pending()
@@ -74,9 +100,15 @@ class Installed:
         reader, writer = self._reader, self._writer
         if reader is None or writer is None:
             return
-        if self._owns_wakeup_fd():
-            with contextlib.suppress(ValueError, OSError):
-                signal.set_wakeup_fd(self._loop_wakeup_fd)
+        if threading.current_thread() is threading.main_thread():
+            # Give the wakeup fd back to the loop, unless the loop has already taken it.
+            current = signal.set_wakeup_fd(writer.fileno())
+            if current != writer.fileno():
+                signal.set_wakeup_fd(current)
+            elif self._loop_wakeup is not None and self._loop_fd_is_alive():
+                signal.set_wakeup_fd(self._loop_wakeup[0])
+            else:
+                signal.set_wakeup_fd(-1)
         if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(reader.fileno())
@@ -98,19 +130,27 @@ class Installed:
             writer.close()
             return False
         self._reader, self._writer = reader, writer
-        self._loop_wakeup_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self.retake()
         return True
 
-    def _owns_wakeup_fd(self) -> bool:
-        writer = self._writer
-        if writer is None or threading.current_thread() is not threading.main_thread():
+    def _on_python_signal(self, sig: signal.Signals) -> None:
+        if not self.retake():
+            self._seen_by_loop.add(sig)
+
+    def _loop_fd_is_alive(self) -> bool:
+        if self._loop_wakeup is None:
             return False
-        # Python has no getter: set ours and put back whatever was there if it was not.
-        current = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        if current != writer.fileno():
-            signal.set_wakeup_fd(current)
+        fd, inode = self._loop_wakeup
+        try:
+            return os.fstat(fd).st_ino == inode
+        except OSError:
             return False
-        return True
+
+    def _write_to_loop(self, data: bytes) -> None:
+        if self._loop_fd_is_alive():
+            assert self._loop_wakeup is not None
+            with contextlib.suppress(OSError):
+                os.write(self._loop_wakeup[0], data)
 
     def _pass_on_pending(self) -> None:
         """Signals we do not watch go on to the loop at once; ours stay here."""
@@ -121,13 +161,10 @@ class Installed:
             data = reader.recv(4096)
         except (BlockingIOError, InterruptedError, OSError):
             return
-        others = bytes(number for number in data if number not in self._watched_numbers())
-        if others and self._loop_wakeup_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self._loop_wakeup_fd, others)
-
-    def _watched_numbers(self) -> set[int]:
-        return {int(sig) for sig in self.previous}
+        watched = {int(sig) for sig in self.previous}
+        others = bytes(number for number in data if number not in watched)
+        if others:
+            self._write_to_loop(others)
 
 
 def install(
@@ -162,8 +199,10 @@ def install(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Runs between two bytecodes of whatever code is running: hand the work to the loop
         # rather than touch its state from here.
+        sig = signal.Signals(signum)
+        installed._on_python_signal(sig)
         with contextlib.suppress(RuntimeError):  # the loop is already closed
-            loop.call_soon_threadsafe(callback, signal.Signals(signum))
+            loop.call_soon_threadsafe(callback, sig)
 
     for sig in dict.fromkeys(signals):
         try:

@@ -168,6 +168,10 @@ def _stop_server(state: _AppState, sig: signal.Signals) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     state = app[_STATE]
+    if state.installed is not None:
+        # run_app shuts down in a second run of the loop; uvloop takes the wakeup fd back for
+        # it, and a second signal during the drain must still come here first.
+        state.installed.retake()
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
