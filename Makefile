@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench matrix test-docker test-pythons test-lowest soak clean
+.PHONY: demo test lint bench matrix test-docker test-pythons test-lowest soak clean docs release-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,20 @@ $(STAMP): pyproject.toml | $(PY)
 
 demo: $(STAMP)
 	$(PY) -m demo_services.demo
+
+# The documentation site and the release tools, beside the dev tools in the same .venv.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,docs,release]'
+	touch $(DOCS_STAMP)
+
+# The documentation site (mkdocs-material) into site/, strict: any warning fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# sdist and wheel, twine check --strict, the wheel installed in a clean venv running its quickstart.
+release-check: $(DOCS_STAMP)
+	$(PY) .ci/release_check.py
 
 test: $(STAMP)
 	$(PY) -m ruff check graceful_web
@@ -66,4 +80,4 @@ lint: $(STAMP)
 	$(PY) -m mypy --strict graceful_web
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

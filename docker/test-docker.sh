@@ -185,7 +185,7 @@ ensure_wheelhouse() {
     platforms+=(--platform "manylinux2014_$arch")
     "$PY" -m pip download -qq --only-binary=:all: --python-version "$pyver" \
         --implementation cp "${platforms[@]}" -d "$wheels" \
-        "$(ls "$tmp"/graceful_web-*.whl)[aiohttp,asgi]" 'setuptools>=68' wheel ||
+        "$(ls "$tmp"/graceful_web-*.whl)[demo]" 'setuptools>=68' wheel ||
         die "pip could not download the wheels for Python $pyver"
     rm -rf "$tmp" "$wheels"/graceful_web-*.whl
     echo "$key" >"$wheels/.key"
