@@ -50,6 +50,8 @@ class ServerLogHandler(logging.Handler):
         server = _server_logger()
         targets: list[logging.Handler]
         if server is None:
+            if sys.stderr is None:
+                return  # pythonw, a daemon with its streams closed: nowhere to write
             # Looked up at each record: a test or a daemon may have replaced sys.stderr.
             self._fallback.stream = sys.stderr
             targets = [self._fallback]
