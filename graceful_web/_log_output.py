@@ -113,10 +113,11 @@ def _named(record: logging.LogRecord, handler: logging.Handler) -> logging.LogRe
     shows the logger's name already: server formats leave the name out, and a bare
     "drain started" among the server's lines would not say whose it is."""
     fmt = getattr(handler.formatter, "_fmt", None) or ""
-    if _SHOWS_NAME.search(fmt):
-        return record
+    message = record.getMessage()
+    if _SHOWS_NAME.search(fmt) or message.startswith(f"{LOGGER_NAME}:"):
+        return record  # the name is there already
     named = logging.makeLogRecord(record.__dict__)
-    named.msg, named.args = f"{record.name}: {record.getMessage()}", None
+    named.msg, named.args = f"{LOGGER_NAME}: {message}", None
     return named
 
 

@@ -329,4 +329,7 @@ def test_format_with_the_logger_name_gets_no_prefix() -> None:
     leveled.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
     assert _log_output._named(record, named) is record
     assert _log_output._named(record, leveled).getMessage() == "graceful_web: drain x"
+    # a message that names graceful_web itself is not prefixed twice
+    record.msg, record.args = "graceful_web: cannot handle SIGHUP here", None
+    assert _log_output._named(record, leveled) is record
 
