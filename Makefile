@@ -31,10 +31,16 @@ docs: $(DOCS_STAMP)
 release-check: $(DOCS_STAMP)
 	$(PY) .ci/release_check.py
 
+# The whole suite with the test apps on asyncio, then every test whose services take their loop
+# from LOOP again on uvloop (the server and loop matrix and the soak name their loops).
+UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
+	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py
+
 test: $(STAMP)
 	$(PY) -m ruff check graceful_web
 	$(PY) -m mypy --strict graceful_web
-	$(PY) -m pytest -q tests
+	LOOP=asyncio $(PY) -m pytest -q tests
+	LOOP=uvloop $(PY) -m pytest -q $(UVLOOP_AGAIN)
 
 # 200 start/stop cycles of each demo service under load (make test runs 10); prints the figures.
 SOAK_CYCLES ?= 200

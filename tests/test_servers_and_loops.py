@@ -63,7 +63,7 @@ ASGI_ROWS: dict[tuple[str, str], list[str]] = {
 }  # fmt: skip
 
 AIOHTTP_ROWS: dict[tuple[str, str], tuple[list[str] | str, dict[str, str]]] = {
-    ("aiohttp run_app", "asyncio"): (AIOHTTP, {}),
+    ("aiohttp run_app", "asyncio"): (AIOHTTP, {"LOOP": "asyncio"}),
     ("aiohttp run_app", "uvloop"): (AIOHTTP, {"LOOP": "uvloop"}),
     ("aiohttp AppRunner", "uvloop"): (AIOHTTP, {"LOOP": "uvloop", "MODE": "runner"}),
     ("gunicorn GunicornWebWorker", "asyncio"): (
