@@ -27,6 +27,12 @@ def table(rows: list[dict[str, object]]) -> str:
             f"| {row['server']} | {row['loop']} | {float(str(row['refused_ms'])):.0f} ms "
             f"| {float(str(row['exit_s'])):.1f} s |"
         )
+    lines += [
+        "",
+        "Multi-process rows: the parent holds the listening socket until its workers have exited. "
+        "uvicorn looks at its stop flag every 100 ms and aiohttp's gunicorn worker once a second, "
+        "in their own loops.",
+    ]
     return "\n".join(lines)
 
 
