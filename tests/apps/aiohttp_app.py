@@ -197,6 +197,11 @@ def main() -> None:
     port = int(os.environ["PORT"])
     app = build()
     if os.environ.get("MODE") == "runner":
+        if os.environ.get("LOOP") == "uvloop":
+            import uvloop
+
+            uvloop.run(run_with_runner(app, port))
+            return
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(run_with_runner(app, port))
         return
