@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import os
 import re
 import signal
@@ -499,27 +500,47 @@ def verdict(run: Run) -> Text:
     return Text(f" {run.name} off: lost {' and '.join(lost)}; {status}", style="red")
 
 
+#: From this terminal width on, the two runs of a service are drawn side by side.
+SIDE_BY_SIDE = 150
+
+
+def run_lines(run: Run, width: int, g: Glyphs, span: float) -> list[Text]:
+    """One run of a service: its title, then its timeline (or why there is none)."""
+    how = "with graceful_web" if run.graceful else "without graceful_web (GRACEFUL=0)"
+    lines = [Text(f" {how}, pid {run.pid}", style="bold")]
+    if run.error is not None and run.signal_at is None:
+        lines.append(Text(f" could not run: {run.error}", style="red"))
+        lines.extend(Text(line) for line in run.log.splitlines()[-20:])
+        return lines
+    lines.extend(picture(run, width, g, span))
+    if run.error is not None:
+        lines.append(Text(f" problem: {run.error}", style="red"))
+    return lines
+
+
 def show(console: Console, runs: list[Run]) -> None:
     g = glyphs_for(console)
     width = min(console.width, 100)
     for name, module in dict.fromkeys((run.name, run.module) for run in runs):
         console.print()
         console.rule(f"[bold]{name}[/]  python -m {module}", align="left")
-        spans = [run_span(run) for run in runs if run.name == name and run.signal_at]
-        span = max(spans, default=0.0)
-        for run in (run for run in runs if run.name == name):
-            how = "with graceful_web" if run.graceful else "without graceful_web (GRACEFUL=0)"
-            console.print(Text(f" {how}, pid {run.pid}", style="bold"))
-            if run.error is not None and run.signal_at is None:
-                console.print(f" [red]could not run: {run.error}[/]")
-                console.print(Text(run.log[-2000:]), overflow="fold")
-                continue
-            for line in picture(run, width, g, span):
-                console.print(line, no_wrap=True, overflow="crop", crop=True)
-            if run.error is not None:
-                console.print(f" [red]problem: {run.error}[/]")
+        group = [run for run in runs if run.name == name]
+        span = max((run_span(run) for run in group if run.signal_at), default=0.0)
+        if console.width >= SIDE_BY_SIDE and len(group) == 2:
+            half = min(100, (console.width - 2) // 2)
+            grid = Table.grid(padding=(0, 2))
+            for _ in group:
+                grid.add_column(width=half, no_wrap=True, overflow="crop")
+            columns = [run_lines(run, half, g, span) for run in group]
+            for left, right in itertools.zip_longest(*columns, fillvalue=Text("")):
+                grid.add_row(left, right)
+            console.print(grid)
+        else:
+            for run in group:
+                for line in run_lines(run, width, g, span):
+                    console.print(line, no_wrap=True, overflow="crop", crop=True)
         console.print(legend(g), no_wrap=True, overflow="crop")
-        for run in (run for run in runs if run.name == name and run.graceful):
+        for run in (run for run in group if run.graceful):
             log = service_log(run)
             if log:
                 console.print(" what it logged with graceful_web:", style="dim")

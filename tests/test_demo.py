@@ -139,3 +139,28 @@ def test_plain_ascii_picture_when_the_output_cannot_encode_box_characters() -> N
     stream.flush()
     text = buffer.getvalue().decode("ascii")
     assert "^ SIGTERM" in text and "x" in text
+
+
+def sample_pair() -> list[demo.Run]:
+    on = sample_run()
+    off = sample_run()
+    off.graceful, off.pid, off.exit_code = False, 4322, -15
+    off.rows[1] = demo.Row("POST /jobs 3.3s", "job", 100.01, None, "lost", False, "j")
+    off.rows[2].job_id = "k"
+    return [on, off]
+
+
+def test_a_wide_terminal_draws_both_runs_side_by_side() -> None:
+    console = Console(width=170, record=True, force_terminal=True, file=io.StringIO())
+    demo.show(console, sample_pair())
+    lines = console.export_text().splitlines()
+    assert any(line.count("^ SIGTERM") == 2 for line in lines)  # one row, both timelines
+    assert any("with graceful_web" in line and "without graceful_web" in line for line in lines)
+    assert max(len(line.rstrip()) for line in lines) <= 170
+
+
+def test_without_graceful_web_the_verdict_names_what_was_lost_and_the_signal() -> None:
+    console = Console(width=80, record=True, file=io.StringIO())
+    demo.show(console, sample_pair())
+    text = console.export_text()
+    assert "aiohttp off: lost 2 of 2 accepted jobs; exit 143 (killed by its own SIGTERM)" in text
