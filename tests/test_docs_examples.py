@@ -204,6 +204,12 @@ def serve_and_drain(app_code: str, command_line: str, request: str, tmp_path: Pa
         )
     try:
         wait_until(lambda: proc.poll() is not None or listening(port), START_TIMEOUT, "listening")
+        if workers := re.search(r"--workers (\d+)", command_line):
+            # Every worker up first: one still starting would end on the signal, not drain.
+            def started() -> bool:
+                return log_path.read_text().count("startup complete") >= int(workers[1])
+
+            wait_until(started, START_TIMEOUT, "every worker")
         assert proc.poll() is None, log_path.read_text()
         method, path = request.split(" ", 1)
         response = httpx.request(method, f"http://127.0.0.1:{port}{path}", timeout=10)
