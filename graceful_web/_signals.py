@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
@@ -180,17 +181,18 @@ def install(
     """
     if threading.current_thread() is not threading.main_thread():
         logger.warning(
-            "graceful_web: the server runs its event loop outside the main thread, where "
+            "the server runs its event loop outside the main thread, where "
             "signals cannot be handled: the drain starts only when the server shuts down"
         )
         return None
     installed = Installed(loop)
     if not installed._take_wakeup_fd():
         logger.warning(
-            "graceful_web: the event loop %s.%s does not offer add_reader(), so its signal "
-            "handlers cannot be put behind the drain's: the server stops on its own at the "
-            "signal, and the drain starts when it shuts down (no pre_stop_delay, no second "
+            "under %s, the event loop %s.%s does not offer add_reader(), so its "
+            "signal handlers cannot be put behind the drain's: the server stops on its own at "
+            "the signal, and the drain starts when it shuts down (no pre_stop_delay, no second "
             "signal forcing the exit)",
+            _running_server(),
             type(loop).__module__,
             type(loop).__qualname__,
         )
@@ -208,5 +210,16 @@ def install(
         try:
             installed.previous[sig] = signal.signal(sig, on_signal)
         except (ValueError, OSError) as exc:
-            logger.warning("graceful_web: cannot handle %s here (%s)", sig.name, exc)
+            logger.warning("cannot handle %s here (%s)", sig.name, exc)
     return installed
+
+
+_SERVERS = ("gunicorn", "granian", "hypercorn", "uvicorn", "aiohttp")
+
+
+def _running_server() -> str:
+    """The server this process most likely runs under, with its version, for a warning."""
+    for name in _SERVERS:  # a gunicorn worker imports the server it runs: gunicorn first
+        if name in sys.modules:
+            return f"{name} {_quirks.version_of(name)}"
+    return "this server"

@@ -116,7 +116,7 @@ def test_asgi_server_drains_on_its_loop(start_server: StartServer, row: tuple[st
     assert sorted(server.jobs()) == ["b1", "j1", "j2"]
     assert status == 0, server.log()
     assert drained_totals(server.log()) == {"requests": 2, "jobs": 2, "failed": 0, "abandoned": 0}
-    assert "graceful_web: the event loop" not in server.log()  # no fallback warning
+    assert "does not offer add_reader()" not in server.log()  # no fallback warning
     if row[0] not in PARENT_KEEPS_LISTENER:
         assert slow.finished_at is not None
         assert server.signalled_at is not None and refused < slow.finished_at - server.signalled_at
@@ -167,8 +167,8 @@ def test_unknown_loop_warns_once_and_leaves_the_servers_stop_alone(
 ) -> None:
     server = start_server(AIOHTTP, env={"GRACEFUL_DRAIN_TIMEOUT": "8", "LOOP": "plain"})
     log = server.log()
-    assert log.count("graceful_web: the event loop") == 1, log
-    assert "LoopWithoutReaders does not offer add_reader()" in log
+    assert log.count("does not offer add_reader()") == 1, log
+    assert "under aiohttp 3." in log and "LoopWithoutReaders does not offer add_reader()" in log
     assert "no pre_stop_delay" in log
     slow = Call("GET", f"{server.url}/slow?ms=1500")
     assert httpx.post(f"{server.url}/jobs?ms=2000&id=kept").status_code == 202
