@@ -132,6 +132,8 @@ copy_machine_config() {
     for value in $(python3 -m pip config list 2>/dev/null | sed -e "s/^[^=]*=//" -e "s/'//g"); do
         path=${value#file://}
         [ "${path#/}" != "$path" ] || continue
+        # A local index (.../simple) links to its files beside it: mount the index's root.
+        [ "$(basename "$path")" = simple ] && path=$(dirname "$path")
         if [ -d "$path" ]; then
             case " ${LOCAL_PIP_DIRS[*]-} " in *" $path "*) ;; *) LOCAL_PIP_DIRS+=("$path") ;; esac
         elif [ -f "$path" ] && [ ! -e "$ROOTFS$path" ]; then
