@@ -70,7 +70,10 @@ DIAGRAMS = ("sequenceDiagram", "flowchart", "graph", "stateDiagram", "classDiagr
 KNOWN_COMMANDS = {
     "pip", "make", "python", "python3", ".venv/bin/python", "docker", "curl", "cat",
     "uvicorn", "hypercorn", "granian", "gunicorn",
+    "echo", "sleep", "kill", "wait", "cd", "ls", "export", "tail", "head", "grep", "seq", "true",
 }  # fmt: skip
+#: A line of a loop or a condition is not a command of its own: its body is checked.
+SHELL_WORDS = {"for", "while", "until", "if", "then", "else", "elif", "fi", "do", "done", "{", "}"}
 SERVERS = {"uvicorn", "hypercorn", "granian", "gunicorn"}
 START_TIMEOUT = 20.0
 
@@ -374,8 +377,12 @@ def check_bash(block: Block, tmp_path: Path) -> None:
 
 
 def check_command(words: list[str], block: Block) -> None:
-    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0], re.S):
-        words = words[1:]  # VAR=value before the command
+    while words and (
+        re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0], re.S) or words[0] in SHELL_WORDS
+    ):
+        words = words[1:]  # VAR=value before the command, or the keyword of a loop
+    if not words or words[0] == "in" or (len(words) > 1 and words[1] == "in"):
+        return  # a keyword alone, or the list a for loop runs over
     name = words[0]
     assert name in KNOWN_COMMANDS, f"{block.id}: unknown command {' '.join(words)!r}"
     if name == "pip":
