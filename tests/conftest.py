@@ -21,6 +21,7 @@ START_TIMEOUT = 20.0
 
 # tests/docker needs a Docker engine and builds images: `make test-docker` runs it.
 collect_ignore = [] if os.environ.get("GRACEFUL_DOCKER_TESTS") == "1" else ["docker"]
+collect_ignore += [] if os.environ.get("GRACEFUL_SWARM_TESTS") == "1" else ["swarm"]
 
 
 def free_port() -> int:
