@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench matrix test-docker test-pythons test-lowest soak clean docs release-check
+.PHONY: demo test lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean docs release-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ soak: $(STAMP)
 # behind nginx under load. As root on Debian it installs and starts what it needs (docker/test-docker.sh).
 test-docker: $(STAMP)
 	PY=$(PY) bash docker/test-docker.sh
+
+# Rolling updates driven by Docker Swarm (docker-stack.yml, tests/swarm): docker service update
+# --force under load with and without the library, and a rollback. Provisions as test-docker does.
+test-swarm: $(STAMP)
+	PY=$(PY) bash docker/test-swarm.sh
 
 # make test under Python 3.13 and 3.14 (Debian sid's, in a chroot made by debootstrap, cached in
 # .python-cache/), each in its own venv (.venv-3.13, .venv-3.14). As root on Debian.
