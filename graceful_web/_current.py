@@ -24,10 +24,13 @@ drains: weakref.WeakKeyDictionary[object, Drain] = weakref.WeakKeyDictionary()
 _last_drain: tuple[weakref.ref[object], Drain] | None = None
 
 
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
+
+
 def current_drain() -> Drain:
     last = _last_drain
     if last is not None:
-        loop = asyncio.events._get_running_loop()  # None, not an exception, without a loop
+        loop = _running_loop()
         if loop is not None and last[0]() is loop:
             return last[1]
     return _find_drain()
@@ -39,6 +42,8 @@ def _find_drain() -> Drain:
     drain = drains.get(key)
     if drain is None:
         drain = drains[key] = Drain()
+        if isinstance(key, asyncio.AbstractEventLoop):
+            drain.work.loop = key
     _last_drain = (weakref.ref(key), drain)
     return drain
 
@@ -60,6 +65,14 @@ def _loop_key() -> object:
     )
 
 
+def request_done() -> None:
+    """The request the current task was serving as the drain began is done: it is drained.
+    (Adapters call it only once the process is no longer serving.)"""
+    task = asyncio.current_task()
+    if task is not None:
+        current_drain().exit_request(task)
+
+
 def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
     """Start ``coro`` as a protected background job and return its task.
 
@@ -67,7 +80,12 @@ def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.T
     drain deadline) instead of cancelling it. Raises ``ShutdownInProgress`` once the drain has
     started, unless called from a request or job that is itself still being drained.
     """
-    return current_drain().work.spawn(coro, name=name)
+    # current_drain(), inline: this runs for every job.
+    loop = _running_loop()
+    last = _last_drain
+    if loop is not None and last is not None and last[0]() is loop:
+        return last[1].work.spawn(coro, name=name, loop=loop)
+    return _find_drain().work.spawn(coro, name=name, loop=loop)
 
 
 def protect(awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Future[T]:

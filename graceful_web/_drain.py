@@ -53,6 +53,22 @@ LATE_HOOK_TIME = 0.5
 HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 
 
+class ProcessState:
+    """What every request checks first, for the whole process: whether every drain is still
+    serving, and the readiness paths to look out for. A request that finds the process serving
+    and its path no readiness path needs nothing of its loop's drain; should that drain begin
+    while the request runs, it learns of it from the loop's tasks (``_census``)."""
+
+    __slots__ = ("readiness_paths", "serving")
+
+    def __init__(self) -> None:
+        self.serving = True  # False from the first drain that begins, for good
+        self.readiness_paths: frozenset[str] = frozenset({Config().readiness_path or "/"})
+
+
+process = ProcessState()
+
+
 class Phase(enum.Enum):
     SERVING = "serving"
     DRAINING = "draining"
@@ -95,6 +111,8 @@ class Drain:
     def configure(self, config: Config) -> None:
         self.config = config
         self.wired = True
+        if config.readiness_path is not None:
+            process.readiness_paths |= {config.readiness_path}
         # anyio imports its backend for this event loop at first use, which is begin() in the
         # signal handler: that import (15 ms and more) would hold back closing the listener.
         # Adapters configure at startup, on the loop: import it now. (Without a running loop
@@ -111,6 +129,7 @@ class Drain:
         if self.phase is not Phase.SERVING:
             return False
         self.phase = Phase.DRAINING
+        process.serving = False
         self.reason = reason
         self.work.close(reason)
         self.started_at = time.monotonic()
@@ -129,11 +148,11 @@ class Drain:
             return self.report
         self.begin(reason)
         try:
-            while not self.forced and self.work.work and self.remaining() > 0:
+            while not self.forced and self.work.any_left and self.remaining() > 0:
                 await self.work.wait_idle(self.remaining())
-            if self.work.work and not self.forced:
+            if self.work.any_left and not self.forced:
                 self._abandon()  # the deadline
-            if self.work.work:
+            if self.work.any_left:
                 await self.work.wait_idle(CANCEL_GRACE)  # cancelled work unwinds
             if not self.forced:
                 # The hook cancels itself at the deadline; the grace covers its unwinding.
@@ -161,12 +180,12 @@ class Drain:
             return
         self.forced = True
         self.reason = reason
-        log_forced(reason, len(self.work.work))
+        log_forced(reason, self.work.requests + self.work.jobs)
         self._abandon()
         self.work.wake_idle_waiters()
 
     def _abandon(self) -> None:
-        if self.work.work:
+        if self.work.any_left:
             self._abandoned.extend(self.work.abandon())
 
     def _finish(self) -> DrainReport:
@@ -217,10 +236,9 @@ class Drain:
         oldest = self.work.oldest()
         if oldest is None or self.work.any_abandoned:
             return
-        age = time.monotonic() - oldest.started
-        log_progress(
-            self.work.requests, self.work.jobs, oldest.kind, oldest.name, age, self.remaining()
-        )
+        kind, name, started = oldest
+        age = time.monotonic() - started
+        log_progress(self.work.requests, self.work.jobs, kind, name, age, self.remaining())
 
     # -- the watchdog --------------------------------------------------------------------
 
@@ -252,7 +270,7 @@ class Drain:
 
     @property
     def requests_in_flight(self) -> int:
-        return self.work.requests
+        return self.work.requests_in_flight()
 
     @property
     def jobs_in_flight(self) -> int:

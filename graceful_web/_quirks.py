@@ -121,3 +121,25 @@ def is_loop_signal_dispatcher(handler: object, loop: object) -> bool:
         ("asyncio.unix_events", "_sighandler_noop"),
         ("rloop.utils", "_noop"),
     }
+
+
+def aiohttp_servers(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """The aiohttp ``web.Server`` objects with a connection open on ``loop``: each connection
+    is a task running ``RequestHandler.start`` (aiohttp.web_protocol), whose ``self._manager``
+    is its server. Read when the drain ends, so serving a request pays nothing for it."""
+    servers: dict[int, Any] = {}
+    for task in asyncio.all_tasks(loop):
+        try:
+            coro: Any = task.get_coro()
+        except Exception:
+            continue
+        code = getattr(coro, "cr_code", None)
+        if code is None or getattr(code, "co_qualname", code.co_name) != "RequestHandler.start":
+            continue
+        frame = coro.cr_frame
+        if frame is None or frame.f_globals.get("__name__") != "aiohttp.web_protocol":
+            continue
+        server = getattr(frame.f_locals.get("self"), "_manager", None)
+        if server is not None:
+            servers[id(server)] = server
+    return list(servers.values())

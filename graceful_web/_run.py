@@ -135,8 +135,8 @@ class _Supervisor(Generic[T]):
         self._stopped: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[Any] | None = None
         # Tasks started from inside protected work (a job's gather or TaskGroup children):
-        # they are part of that work, so the signal does not cancel them. Python 3.12+ tasks
-        # tell their own context; before that a task factory notes it.
+        # they are part of that work, so the signal does not cancel them. A task factory
+        # marks them in their context (so their own children are marked too) and notes them.
         self._follow_ups: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._result: T | None = None
         self._has_result = False
@@ -148,7 +148,7 @@ class _Supervisor(Generic[T]):
         drain.configure(self.config)
         self._supervisor = asyncio.current_task()
         self._stopped = loop.create_future()
-        self._note_follow_ups(loop)
+        self._note_follow_ups(loop, drain)
         self._main = loop.create_task(self._call_main(main), name="main")
         installed = _signals.install(loop, self.config.signals, self._on_signal)
         try:
@@ -234,15 +234,14 @@ class _Supervisor(Generic[T]):
             logger.warning("main did not stop after being cancelled: leaving it to the watchdog")
 
     def _is_follow_up(self, task: asyncio.Task[Any]) -> bool:
+        if task in self._follow_ups:
+            return True
         get_context = getattr(task, "get_context", None)
-        if get_context is not None:
-            return bool(get_context().get(inside_protected, False))
-        return task in self._follow_ups
+        return get_context is not None and bool(get_context().get(inside_protected, False))
 
-    def _note_follow_ups(self, loop: asyncio.AbstractEventLoop) -> None:
-        if hasattr(asyncio.Task, "get_context"):
-            return
+    def _note_follow_ups(self, loop: asyncio.AbstractEventLoop, drain: Drain) -> None:
         follow_ups = self._follow_ups
+        is_job = drain.work.is_job
 
         def task_factory(
             loop: asyncio.AbstractEventLoop, coro: Any, **options: Any
@@ -250,8 +249,13 @@ class _Supervisor(Generic[T]):
             context = options.get("context")
             if context is None:
                 context = options["context"] = contextvars.copy_context()
+                # Started from inside a job: part of that work, and so is all it starts.
+                if not context.get(inside_protected, False) and is_job(
+                    asyncio.current_task(loop)
+                ):
+                    context.run(inside_protected.set, True)
             task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **options)
-            if context.get(inside_protected, False):
+            if context.get(inside_protected, False) or is_job(asyncio.current_task(loop)):
                 follow_ups.add(task)
             return task
 

@@ -4,6 +4,11 @@ what finished, failed or was refused.
 It knows nothing of phases beyond one question, asked of every new piece of work: may I admit
 this? While open, everything is admitted; once the drain has closed it, only follow-up work
 (started from inside a request or job still in flight) while the drain says it is welcome.
+
+While open it holds as little as it can. A request holds nothing here: as the registry closes,
+the requests in flight are learnt from the loop's tasks (``_census``). An asyncio job is one
+dict entry, its task → when it started, with one callback bound once for every job; its name
+is asked of its task only if the drain needs it.
 """
 
 from __future__ import annotations
@@ -12,17 +17,23 @@ import asyncio
 import contextvars
 import logging
 import time
+import types
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 
-from . import _trio_jobs
+from . import _census, _trio_jobs
 from ._report import AbandonedWork, WorkKind, log_abandoned, log_job_failed
 
 logger = logging.getLogger("graceful_web")
 
 T = TypeVar("T")
+
+
+_Coroutine = types.CoroutineType  # checked first: asyncio.iscoroutine is a call per job
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
 
 
 class ShutdownInProgress(RuntimeError):
@@ -74,26 +85,78 @@ class Registry:
     def __init__(self, follow_ups_welcome: Callable[[], bool]) -> None:
         self.open = True  # closed by the drain as it begins
         self.closed_by = ""  # why it was closed, for the refusal's message
+        # The loop whose work this is (weakly: the drains are kept by their loop).
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._follow_ups_welcome = follow_ups_welcome
+        # Requests (learnt at close, or registered by hand), protected futures, trio jobs.
         self.work: set[Work] = set()
         self.requests = 0
-        self.jobs = 0
-        # While open, a request costs one dict entry (its task → how to name it, when it
-        # started); the Work objects the drain needs are made from these as it closes.
+        self._work_jobs = 0
+        # Registered by hand while open: task → how to name the request, when it started.
         self._serving_requests: dict[Any, tuple[Callable[[Any], str], Any, float]] = {}
+        # Requests in flight while closed, by the task serving each.
         self._promoted_requests: dict[Any, Work] = {}
+        # Each asyncio job's task → when it started. It holds the task until it is done (the
+        # loop keeps only weak references to tasks); each object a pending job keeps alive
+        # makes every garbage collection longer, so a job keeps none of its own.
+        self._jobs: dict[asyncio.Task[Any], float] = {}
+        self._on_job_done = self._job_done
         self.drained_requests = 0
         self.drained_jobs = 0
         self.failed_jobs = 0
         self.refused_jobs = 0
         self._abandoned: set[Work] = set()
+        self._abandoned_jobs: set[asyncio.Task[Any]] = set()
         self._idle_waiters: list[Callable[[], None]] = []
-        # Each asyncio job's task with its Work. It holds the task until it is done (the loop
-        # keeps only weak references to tasks), and lets one callback, bound once here, serve
-        # every job: a spawn allocates as little as it can, as each object it leaves alive
-        # makes every garbage collection longer while many jobs are pending.
-        self._job_work: dict[asyncio.Task[Any], Work] = {}
-        self._on_job_done = self._job_done
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return None if self._loop is None else self._loop()
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+
+    # -- what is in flight ---------------------------------------------------------------
+
+    @property
+    def jobs(self) -> int:
+        return len(self._jobs) + self._work_jobs
+
+    @property
+    def any_left(self) -> bool:
+        return bool(self.work or self._jobs)
+
+    def requests_in_flight(self) -> int:
+        """While open the requests in flight are counted from the loop's tasks."""
+        loop = self.loop
+        if self.open and loop is not None:
+            return self.requests + _census.count(loop)
+        return self.requests
+
+    def is_job(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ``task`` is a protected asyncio job in flight."""
+        return task in self._jobs
+
+    def protected_futures(self) -> set[asyncio.Future[Any]]:
+        """The tasks and futures of the protected jobs in flight."""
+        futures: set[asyncio.Future[Any]] = set(self._jobs)
+        futures.update(work.future for work in self.work if work.future is not None)
+        return futures
+
+    def oldest(self) -> tuple[WorkKind, str, float] | None:
+        """Kind, name and start of the oldest piece of work in flight."""
+        work = min(self.work, key=lambda work: work.started, default=None)
+        job = min(self._jobs.items(), key=lambda item: item[1], default=None)
+        if job is not None and (work is None or job[1] < work.started):
+            return "job", job[0].get_name(), job[1]
+        return None if work is None else (work.kind, work.name, work.started)
+
+    def names(self) -> str:
+        """What is in flight, for the watchdog's last line."""
+        named = [f"{work.kind} {work.name!r}" for work in tuple(self.work)]
+        named += [f"job {task.get_name()!r}" for task in tuple(self._jobs)]
+        return ", ".join(named)
 
     # -- admission -----------------------------------------------------------------------
 
@@ -101,7 +164,7 @@ class Registry:
         """Raise ``ShutdownInProgress`` unless new work of ``kind`` may start now."""
         if self.open:
             return
-        if inside_protected.get() and self._follow_ups_welcome():
+        if self._inside_protected() and self._follow_ups_welcome():
             return
         if kind == "job":
             self.refused_jobs += 1
@@ -110,43 +173,39 @@ class Registry:
             f"this {kind} was not started: answer 503 or hand it to another instance"
         )
 
+    def _inside_protected(self) -> bool:
+        """Whether the caller is protected work: a request or job in flight, or a task
+        started from inside one (marked in its context)."""
+        if inside_protected.get():
+            return True
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # trio: its requests and jobs are marked in their context
+            return False
+        return task in self._jobs or task in self._promoted_requests
+
     def close(self, reason: str) -> None:
         """From now on only follow-up work is admitted; the requests in flight become Work."""
         self.open = False
         self.closed_by = reason
-        for task, (namer, source, started) in self._serving_requests.items():
-            work = Work("request", namer(source), task.cancel)
-            work.started = started
-            self.work.add(work)
-            self._promoted_requests[task] = work
-        self._serving_requests.clear()
+        serving, self._serving_requests = self._serving_requests, {}
+        self.requests -= len(serving)  # each is counted again as it becomes Work
+        for task, (namer, source, started) in serving.items():
+            self._promote(task, namer(source), started)
+        loop = self.loop
+        if loop is not None:
+            for task, name, started in _census.requests_in_flight(loop):
+                if task not in self._promoted_requests:
+                    self._promote(task, name, started)
 
-    # -- adding and removing -------------------------------------------------------------
-
-    def add(self, work: Work) -> None:
+    def _promote(self, task: asyncio.Task[Any], name: str, started: float) -> None:
+        work = Work("request", name, task.cancel)
+        work.started = started
         self.work.add(work)
-        if work.kind == "request":
-            self.requests += 1
-        else:
-            self.jobs += 1
+        self.requests += 1
+        self._promoted_requests[task] = work
 
-    def discard(self, work: Work, *, failed: bool = False) -> None:
-        if work not in self.work:
-            return
-        self.work.remove(work)
-        counted = not self.open and work not in self._abandoned
-        if work.kind == "request":
-            self.requests -= 1
-            if counted:
-                self.drained_requests += 1
-        else:
-            self.jobs -= 1
-            if counted:
-                # A job that failed still finished within the drain; it is counted in both.
-                self.drained_jobs += 1
-                self.failed_jobs += failed
-        if not self.work:
-            self.wake_idle_waiters()
+    # -- requests ------------------------------------------------------------------------
 
     def enter_request(
         self, task: asyncio.Task[Any], namer: Callable[[Any], str], source: Any
@@ -167,8 +226,8 @@ class Registry:
         return True
 
     def exit_request(self, task: asyncio.Task[Any]) -> None:
-        """The request ``task`` was serving has ended (call it only when ``enter_request``
-        returned True)."""
+        """The request ``task`` was serving has ended: one registered by ``enter_request``,
+        or one learnt as the registry closed (for any other task, nothing happens)."""
         if self._serving_requests.pop(task, None) is not None:
             self.requests -= 1
             return
@@ -177,36 +236,68 @@ class Registry:
             self.discard(work)
 
     def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
-        """Register an in-flight request. During the drain a request still gets in through an
-        already-open connection; it is served, as the listener is already closed."""
+        """Register an in-flight request by hand (during the drain, a request still gets in
+        through an already-open connection; under trio; a websocket)."""
         work = Work("request", name, cancel)
-        self.work.add(work)  # add(), inline: this runs for every request
-        self.requests += 1
+        self.add(work)
         return work
+
+    # -- adding and removing -------------------------------------------------------------
+
+    def add(self, work: Work) -> None:
+        self.work.add(work)
+        if work.kind == "request":
+            self.requests += 1
+        else:
+            self._work_jobs += 1
+
+    def discard(self, work: Work, *, failed: bool = False) -> None:
+        if work not in self.work:
+            return
+        self.work.remove(work)
+        counted = not self.open and work not in self._abandoned
+        if work.kind == "request":
+            self.requests -= 1
+            self.drained_requests += counted
+        else:
+            self._work_jobs -= 1
+            self._count_job(counted, failed)
+        if not self.any_left:
+            self.wake_idle_waiters()
+
+    def _count_job(self, counted: bool, failed: bool) -> None:
+        if counted:
+            # A job that failed still finished within the drain; it is counted in both.
+            self.drained_jobs += 1
+            self.failed_jobs += failed
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-        if not asyncio.iscoroutine(coro):
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a job on ``loop`` (else the running loop, else trio's)."""
+        if type(coro) is not _Coroutine and not asyncio.iscoroutine(coro):
             raise TypeError(
                 f"spawn() takes a coroutine, e.g. spawn(send_receipt(order_id)); got {coro!r}"
             )
-        try:
-            self.admit("job")
-        except ShutdownInProgress:
-            coro.close()  # never awaited, so close it rather than leave a warning behind
-            raise
-        context = contextvars.copy_context()
-        if not inside_protected.get():
-            context.run(inside_protected.set, True)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return self._spawn_trio(coro, name, context)
+        if not self.open:
+            try:
+                self.admit("job")
+            except ShutdownInProgress:
+                coro.close()  # never awaited, so close it rather than leave a warning behind
+                raise
+        context = contextvars.copy_context()  # the task's and its done callback's: one copy
+        if loop is None:
+            loop = _running_loop()
+            if loop is None:
+                return self._spawn_trio(coro, name, context)
         task: asyncio.Task[T] = loop.create_task(coro, name=name, context=context)
-        work = Work("job", task.get_name(), None, task)
-        self.add(work)
-        self._job_work[task] = work
+        self._jobs[task] = time.monotonic()
         task.add_done_callback(self._on_job_done, context=context)
         return task
 
@@ -216,6 +307,9 @@ class Registry:
         if _trio_jobs.trio_running() is None:
             coro.close()
             raise RuntimeError("spawn() needs a running asyncio or trio event loop")
+        # Under trio a job is told apart by its context: what it starts during the drain is
+        # its follow-up work.
+        context.run(inside_protected.set, True)
         job: _trio_jobs.TrioJob[T] = _trio_jobs.TrioJob(
             name or str(getattr(coro, "__qualname__", "job"))
         )
@@ -226,20 +320,23 @@ class Registry:
         return job  # type: ignore[return-value]
 
     def _job_done(self, task: asyncio.Task[Any]) -> None:
-        work = self._job_work.pop(task)
+        del self._jobs[task]
         failed = False
         if not task.cancelled():
             exc = task.exception()
             if exc is not None:
                 failed = True
-                log_job_failed(work.name, exc)
-        self.discard(work, failed=failed)
-        if not self._job_work:
-            # Sets and dicts keep the room they once grew to: after a burst of jobs, let that
-            # memory go once none is left.
-            self._job_work = {}
+                log_job_failed(task.get_name(), exc)
+        if not self.open:
+            abandoned = task in self._abandoned_jobs
+            self._abandoned_jobs.discard(task)
+            self._count_job(not abandoned, failed)
+        if not self._jobs:
+            # Dicts keep the room they once grew to: after a burst of jobs, let that memory
+            # go once none is left.
+            self._jobs = {}
             if not self.work:
-                self.work = set()
+                self.wake_idle_waiters()
 
     def protect(self, awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Future[T]:
         if asyncio.iscoroutine(awaitable):
@@ -261,47 +358,52 @@ class Registry:
         future.add_done_callback(_done)
         return future
 
-    def protected_futures(self) -> set[asyncio.Future[Any]]:
-        """The tasks and futures of the protected jobs in flight."""
-        return {work.future for work in self.work if work.future is not None}
-
     # -- the end of the drain ------------------------------------------------------------
-
-    def oldest(self) -> Work | None:
-        return min(self.work, key=lambda work: work.started) if self.work else None
 
     @property
     def any_abandoned(self) -> bool:
-        return bool(self._abandoned)
+        return bool(self._abandoned or self._abandoned_jobs)
 
     def abandon(self) -> list[AbandonedWork]:
         """Cancel every piece of work in flight and not yet abandoned, oldest first, and
         say what was abandoned."""
         now = time.monotonic()
+        left: list[tuple[float, WorkKind, str, Work | asyncio.Task[Any]]] = [
+            (work.started, work.kind, work.name, work)
+            for work in self.work
+            if work not in self._abandoned
+        ]
+        left += [
+            (started, "job", task.get_name(), task)
+            for task, started in self._jobs.items()
+            if task not in self._abandoned_jobs
+        ]
         entries: list[AbandonedWork] = []
-        for work in sorted(self.work, key=lambda w: w.started):
-            if work in self._abandoned:
-                continue
-            if work.future is not None and work.future.done():
+        for started, kind, name, what in sorted(left, key=lambda item: item[0]):
+            future = what.future if isinstance(what, Work) else what
+            if future is not None and future.done():
                 # It finished in this turn of the loop; its done callback, already scheduled,
                 # counts it as drained. Reporting it abandoned would have it re-queued twice.
                 continue
-            entry = AbandonedWork(work.kind, work.name, now - work.started)
-            self._abandoned.add(work)
+            if isinstance(what, Work):
+                self._abandoned.add(what)
+            else:
+                self._abandoned_jobs.add(what)
+            entry = AbandonedWork(kind, name, now - started)
             entries.append(entry)
             log_abandoned(entry)
-            work.cancel()
+            what.cancel()
         return entries
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no protected work is left; False when the timeout came first."""
-        if not self.work:
+        if not self.any_left:
             return True
         event = anyio.Event()
         self._idle_waiters.append(event.set)
         with anyio.move_on_after(timeout):
             await event.wait()
-        return not self.work
+        return not self.any_left
 
     def wake_idle_waiters(self) -> None:
         if not self._idle_waiters:
@@ -309,7 +411,3 @@ class Registry:
         waiters, self._idle_waiters = self._idle_waiters, []
         for wake in waiters:
             wake()
-
-    def names(self) -> str:
-        """What is in flight, for the watchdog's last line."""
-        return ", ".join(f"{work.kind} {work.name!r}" for work in tuple(self.work))

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import weakref
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
-from . import _signals
+from . import _census, _quirks, _signals
 from ._config import Config
-from ._current import current_drain
-from ._drain import Drain, Phase
+from ._current import current_drain, request_done
+from ._drain import Drain, process
 from ._report import (
     AbandonedCallback,
     DrainFinishedCallback,
@@ -49,8 +49,6 @@ class _AppState:
     server_task: asyncio.Task[object] | None = None
     server_stopped: bool = False
     cancelled_server_task: bool = False
-    # The aiohttp servers this app's requests came through (see _close_idle_connections).
-    servers: weakref.WeakSet[web.Server] = field(default_factory=weakref.WeakSet)
 
 
 _STATE = web.AppKey("graceful_web_state", _AppState)
@@ -195,8 +193,9 @@ async def _close_idle_connections(state: _AppState) -> None:
     """
     for _ in range(_ACCEPT_TURNS):
         await asyncio.sleep(0)
-    for server in list(state.servers):
-        server.pre_shutdown()
+    for server in _quirks.aiohttp_servers(asyncio.get_running_loop()):
+        if isinstance(server, web.Server):
+            server.pre_shutdown()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -225,28 +224,26 @@ class _GracefulMiddleware:
         return 1
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        last = _last_server
-        if last is None or last() is not getattr(request.protocol, "_manager", None):
-            _remember_server(request)
-        drain = current_drain()
-        readiness_path = drain.config.readiness_path
-        if readiness_path is not None and request.path == readiness_path:
-            return _readiness(drain)
-        task = asyncio.current_task()
-        assert task is not None
-        entered = drain.enter_request(task, _request_name, request)
-        token = inside_protected.set(True)
+        if not process.serving or request.path in process.readiness_paths:
+            drain = current_drain()
+            if request.path == drain.config.readiness_path:
+                return _readiness(drain)
+            if drain.draining:
+                return await _served_during_the_drain(drain, request, handler)
+        # Serving: nothing is registered. Should the drain begin while the handler runs, it
+        # finds this request by this frame (_census), named from ``request``, aged from
+        # ``started``, and each line below then sees the process is no longer serving.
+        started = _monotonic()  # noqa: F841  (read from this frame by _census)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            if drain.phase is not Phase.SERVING:
+            if not process.serving and current_drain().draining:
                 exc.force_close()
             raise
         finally:
-            inside_protected.reset(token)
-            if entered:
-                drain.exit_request(task)
-        if drain.phase is not Phase.SERVING:
+            if not process.serving:
+                request_done()
+        if not process.serving and current_drain().draining:
             response.force_close()
         return response
 
@@ -254,24 +251,34 @@ class _GracefulMiddleware:
         return "graceful_web.aiohttp.graceful_middleware"
 
 
-# The server the last request came through. A server runs one app, so once seen it is
-# remembered in that app's state: the lookup through the app chain is not done per request.
-_last_server: weakref.ref[web.Server] | None = None
-
-
-def _remember_server(request: web.Request) -> None:
-    global _last_server
-    # aiohttp offers no public way from an app to the server that runs it.
-    server = getattr(request.protocol, "_manager", None)
-    if isinstance(server, web.Server):
-        state = request.config_dict.get(_STATE)
-        if state is not None:
-            state.servers.add(server)
-            _last_server = weakref.ref(server)
+async def _served_during_the_drain(
+    drain: Drain, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """A request that came in through an already-open connection once the drain had begun: it
+    is registered as it comes, is protected, and its response closes the connection."""
+    task = asyncio.current_task()
+    assert task is not None
+    entered = drain.enter_request(task, _request_name, request)
+    token = inside_protected.set(True)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.force_close()
+        raise
+    finally:
+        inside_protected.reset(token)
+        if entered:
+            drain.exit_request(task)
+    response.force_close()
+    return response
 
 
 def _request_name(request: web.Request) -> str:
     return f"{request.method} {request.path}"
+
+
+_monotonic = time.monotonic
+_census.watch(_GracefulMiddleware.__call__, lambda local: _request_name(local["request"]))
 
 
 def _readiness(drain: Drain) -> web.Response:

@@ -18,16 +18,17 @@ import inspect
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from . import _quirks, _signals
+from . import _census, _quirks, _signals
 from ._config import Config
-from ._current import current_drain
-from ._drain import Drain, Phase
+from ._current import current_drain, request_done
+from ._drain import Drain, process
 from ._report import (
     AbandonedCallback,
     DrainFinishedCallback,
@@ -159,15 +160,49 @@ class GracefulLifespan:
     # -- requests ------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        drain = current_drain()
-        if self._readiness_path is not None and scope["path"] == self._readiness_path:
-            await _answer_readiness(drain, send)
-            return
+        if (
+            not process.serving
+            or scope["path"] == self._readiness_path
+            or _running_loop() is None  # trio
+        ):
+            drain = current_drain()
+            if scope["path"] == self._readiness_path:
+                await _answer_readiness(drain, send)
+                return
+            if drain.draining or _running_loop() is None:
+                await self._http_registered(drain, scope, receive, send)
+                return
+        # Serving: nothing is registered. Should the drain begin while the app runs, it finds
+        # this request by this frame (_census), named from ``scope``, aged from ``started``.
+        started = _monotonic()  # noqa: F841  (read from this frame by _census)
 
-        async def send_closing_when_draining(message: Message) -> None:
+        def send_closing_when_draining(message: Message) -> Awaitable[None]:
             # Once draining, the connection must not be reused: the client's next request
             # goes to another instance instead of to a closing socket.
-            if message["type"] == "http.response.start" and drain.phase is not Phase.SERVING:
+            if (
+                not process.serving
+                and message["type"] == "http.response.start"
+                and current_drain().draining
+            ):
+                message = _with_connection_close(message)
+            return send(message)
+
+        try:
+            # Starlette/FastAPI background tasks run inside this call, after the response:
+            # they are protected for as long as the request is.
+            await self.app(scope, receive, send_closing_when_draining)
+        finally:
+            if not process.serving:
+                request_done()
+
+    async def _http_registered(
+        self, drain: Drain, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A request registered as it comes: during the drain (through an already-open
+        connection), or under trio, whose tasks cannot be learnt later."""
+
+        async def send_closing_when_draining(message: Message) -> None:
+            if message["type"] == "http.response.start" and drain.draining:
                 message = _with_connection_close(message)
             await send(message)
 
@@ -186,8 +221,6 @@ class GracefulLifespan:
         entered = drain.enter_request(task, _request_name, scope)
         token = inside_protected.set(True)
         try:
-            # Starlette/FastAPI background tasks run inside this call, after the response:
-            # they are protected for as long as the request is.
             await self.app(scope, receive, send_closing_when_draining)
         finally:
             inside_protected.reset(token)
@@ -548,6 +581,11 @@ def _current_asyncio_task() -> asyncio.Task[Any] | None:
 
 def _request_name(scope: Scope) -> str:
     return f"{scope['method']} {scope['path']}"
+
+
+_monotonic = time.monotonic
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
+_census.watch(GracefulLifespan._http, lambda local: _request_name(local["scope"]))
 
 
 def _with_connection_close(message: Message) -> Message:

@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -196,3 +197,63 @@ async def test_aiohttp_requests_lead_to_their_server(
     client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
     response = await client.get("/")
     assert await response.text() == "Server", _canary("aiohttp", "request.protocol._manager")
+
+
+async def test_aiohttp_connection_tasks_lead_to_their_server(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    # An idle keep-alive connection is a task running RequestHandler.start: the drain finds
+    # the servers to close idle connections of through those tasks.
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+    assert (await client.get("/")).status == 200
+    servers = _quirks.aiohttp_servers(asyncio.get_running_loop())
+    assert [type(server) for server in servers] == [web.Server], _canary(
+        "aiohttp", "RequestHandler.start (its task's frame and self._manager)"
+    )
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.Response(text="hello")
+
+
+# -- the interpreter: the census of requests reads coroutine frames ------------------------
+
+
+def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() -> None:
+    import platform
+
+    from graceful_web import _census
+
+    def _name(local: Any) -> str:
+        return str(local["name"])
+
+    async def serve(name: str, release: asyncio.Event, ask: bool = False) -> Any:
+        started = time.monotonic()  # noqa: F841  (read by the census)
+        if ask:
+            return _census.requests_in_flight(asyncio.get_running_loop())
+        await inner(release)
+        return None
+
+    async def inner(release: asyncio.Event) -> None:
+        await asyncio.gather(release.wait())  # a future deep down the chain of awaits
+
+    _census.watch(serve, _name)
+
+    async def main() -> None:
+        release = asyncio.Event()
+        waiting = asyncio.create_task(serve("GET /waiting", release))
+        await asyncio.sleep(0)
+        found = await serve("GET /asking", release, ask=True)
+        release.set()
+        await waiting
+        what = f"{platform.python_implementation()} {platform.python_version()}: "
+        names = sorted(name for _, name, _ in found)
+        assert names == ["GET /asking", "GET /waiting"], what + (
+            "cr_await/cr_frame of a suspended coroutine, or the asking task's own stack, "
+            "changed shape; see graceful_web/_census.py"
+        )
+        assert all(isinstance(started, float) for _, _, started in found)
+
+    asyncio.run(main())
