@@ -94,8 +94,10 @@ class Registry:
         self._work_jobs = 0
         # Registered by hand while open: task → how to name the request, when it started.
         self._serving_requests: dict[Any, tuple[Callable[[Any], str], Any, float]] = {}
-        # Requests in flight while closed, by the task serving each.
+        # Requests in flight while closed, by the task serving each; and, for those learnt
+        # as it closed, the id of each one's own object → its task.
         self._promoted_requests: dict[Any, Work] = {}
+        self._request_objects: dict[int, Any] = {}
         # Each asyncio job's task → when it started. It holds the task until it is done (the
         # loop keeps only weak references to tasks); each object a pending job keeps alive
         # makes every garbage collection longer, so a job keeps none of its own.
@@ -182,7 +184,12 @@ class Registry:
             task = asyncio.current_task()
         except RuntimeError:  # trio: its requests and jobs are marked in their context
             return False
-        return task in self._jobs or task in self._promoted_requests
+        if task in self._jobs or task in self._promoted_requests:
+            return True
+        # A task a request started (an endpoint run in a task of its own) holds the request's
+        # own object somewhere on its stack.
+        held = _census.stack_holds(self._request_objects)
+        return held is not None and self._request_objects[id(held)] in self._promoted_requests
 
     def close(self, reason: str) -> None:
         """From now on only follow-up work is admitted; the requests in flight become Work."""
@@ -194,9 +201,10 @@ class Registry:
             self._promote(task, namer(source), started)
         loop = self.loop
         if loop is not None:
-            for task, name, started in _census.requests_in_flight(loop):
+            for task, name, started, source in _census.requests_in_flight(loop):
                 if task not in self._promoted_requests:
                     self._promote(task, name, started)
+                    self._request_objects[id(source)] = task
 
     def _promote(self, task: asyncio.Task[Any], name: str, started: float) -> None:
         work = Work("request", name, task.cancel)

@@ -278,7 +278,9 @@ def _request_name(request: web.Request) -> str:
 
 
 _monotonic = time.monotonic
-_census.watch(_GracefulMiddleware.__call__, lambda local: _request_name(local["request"]))
+_census.watch(
+    _GracefulMiddleware.__call__, lambda local: _request_name(local["request"]), "request"
+)
 
 
 def _readiness(drain: Drain) -> web.Response:

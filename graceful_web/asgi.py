@@ -585,7 +585,7 @@ def _request_name(scope: Scope) -> str:
 
 _monotonic = time.monotonic
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
-_census.watch(GracefulLifespan._http, lambda local: _request_name(local["scope"]))
+_census.watch(GracefulLifespan._http, lambda local: _request_name(local["scope"]), "scope")
 
 
 def _with_connection_close(message: Message) -> Message:

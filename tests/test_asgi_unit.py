@@ -101,3 +101,50 @@ async def test_an_inner_startup_failure_is_passed_on() -> None:
     with pytest.raises(RuntimeError, match="no database"):
         async with LifespanManager(GracefulLifespan(inner, drain_timeout=5)):
             pass
+
+
+async def test_a_follow_up_job_from_an_endpoint_in_a_task_of_its_own_is_accepted_while_draining(
+) -> None:
+    # Starlette's BaseHTTPMiddleware runs the endpoint in a task of its own: a job it spawns
+    # during the drain is still the follow-up work of a request in flight.
+    import asyncio
+
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+    import graceful_web
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def follow_up() -> None:
+        ran.append("follow-up")
+
+    async def slow(request: Request) -> Response:
+        entered.set()
+        await release.wait()
+        graceful_web.spawn(follow_up(), name="follow-up")
+        return PlainTextResponse("done")
+
+    async def passing_on(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
+
+    inner = Starlette(
+        routes=[Route("/slow", slow)],
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=passing_on)],
+    )
+    app = GracefulLifespan(inner, drain_timeout=5, progress_interval=0)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            pending = asyncio.ensure_future(client.get("/slow"))
+            await asyncio.wait_for(entered.wait(), 5)
+            drain = current_drain()
+            drain.begin("test")
+            assert [work.name for work in drain._work] == ["GET /slow"]
+            release.set()
+            response = await asyncio.wait_for(pending, 5)
+            report = await drain.wait("test")
+    assert (response.status_code, response.text) == (200, "done")
+    assert ran == ["follow-up"]
+    assert (report.drained_requests, report.drained_jobs, report.refused_jobs) == (1, 1, 0)

@@ -239,7 +239,7 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
     async def inner(release: asyncio.Event) -> None:
         await asyncio.gather(release.wait())  # a future deep down the chain of awaits
 
-    _census.watch(serve, _name)
+    _census.watch(serve, _name, "name")
 
     async def main() -> None:
         release = asyncio.Event()
@@ -249,11 +249,12 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
         release.set()
         await waiting
         what = f"{platform.python_implementation()} {platform.python_version()}: "
-        names = sorted(name for _, name, _ in found)
+        names = sorted(request.name for request in found)
         assert names == ["GET /asking", "GET /waiting"], what + (
             "cr_await/cr_frame of a suspended coroutine, or the asking task's own stack, "
             "changed shape; see graceful_web/_census.py"
         )
-        assert all(isinstance(started, float) for _, _, started in found)
+        assert all(isinstance(request.started, float) for request in found)
+        assert sorted(str(request.source) for request in found) == names  # the local named
 
     asyncio.run(main())
