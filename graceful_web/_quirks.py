@@ -41,7 +41,7 @@ def uvicorn_captured_signals(sig: signal.Signals) -> list[int] | None:
         return captured
     if hasattr(server, "capture_signals"):
         logger.warning(
-            "graceful_web: uvicorn %s keeps no _captured_signals list: after a clean drain it "
+            "uvicorn %s keeps no _captured_signals list: after a clean drain it "
             "may end by re-raising %s (status %d) instead of exiting 0",
             version_of("uvicorn"),
             sig.name,

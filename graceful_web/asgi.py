@@ -149,7 +149,7 @@ class GracefulLifespan:
     def _warn_without_lifespan(self) -> None:
         self._lifespan_started = True  # say it once
         logger.warning(
-            "graceful_web: the server sent no lifespan startup before this request (uvicorn "
+            "the server sent no lifespan startup before this request (uvicorn "
             "--lifespan off, granian --interface asginl, or a server without lifespan "
             "support): nothing will be drained on shutdown, and protected jobs are cancelled "
             "when the process exits. Run the server with lifespan on (uvicorn --lifespan on; "
