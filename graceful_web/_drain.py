@@ -26,6 +26,7 @@ import anyio
 
 from . import _hooks
 from ._config import Config
+from ._registry import Registry
 from ._report import (
     EXIT_HARD,
     AbandonedWork,
@@ -37,7 +38,7 @@ from ._report import (
     progress_beat,
 )
 from ._watchdog import Watchdog
-from ._work import Registry, Work
+from ._work import Work
 
 logger = logging.getLogger("graceful_web")
 
@@ -63,7 +64,7 @@ class ProcessState:
 
     def __init__(self) -> None:
         self.serving = True  # False from the first drain that begins, for good
-        self.readiness_paths: frozenset[str] = frozenset({Config().readiness_path or "/"})
+        self.readiness_paths = frozenset(filter(None, [Config().readiness_path]))
 
 
 process = ProcessState()

@@ -9,6 +9,7 @@ example waits for real time to pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import types
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graceful_web
-from graceful_web import _drain, _report, _work
+from graceful_web import _drain, _jobs, _registry, _report, _requests, _work
 from graceful_web._config import Config
 from graceful_web._current import current_drain
 from graceful_web._drain import CANCEL_GRACE, Drain
@@ -160,10 +161,9 @@ def test_every_accepted_job_is_completed_or_reported_abandoned_exactly_once(
     loop = ClockLoop(clock)
     try:
         fake_time = types.SimpleNamespace(monotonic=clock.monotonic)
-        with (
-            mock.patch.object(_drain, "time", fake_time),
-            mock.patch.object(_work, "time", fake_time),
-        ):
+        with contextlib.ExitStack() as patched:
+            for module in (_drain, _jobs, _registry, _requests, _work):
+                patched.enter_context(mock.patch.object(module, "time", fake_time))
             model, report = loop.run_until_complete(play(scenario, clock))
     finally:
         loop.close()

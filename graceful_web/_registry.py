@@ -1,0 +1,323 @@
+"""The registry of protected work of one event loop: requests and jobs in flight, how each is
+cancelled, and what finished, failed or was refused.
+
+It knows nothing of phases beyond one question, asked of every new piece of work: may I admit
+this? While open, everything is admitted; once the drain has closed it, only follow-up work
+(started from inside a request or job still in flight) while the drain says it is welcome.
+
+While open it holds as little as it can: nothing for a request (``_requests``), one dict entry
+for an asyncio job (``_jobs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import anyio
+
+from . import _census, _trio_jobs
+from ._jobs import Jobs
+from ._report import AbandonedWork, WorkKind, log_abandoned, log_job_failed
+from ._requests import Requests
+from ._work import ShutdownInProgress, Work, inside_protected
+
+T = TypeVar("T")
+
+_Coroutine = types.CoroutineType  # checked first: asyncio.iscoroutine is a call per job
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
+
+
+class Registry:
+    """The protected work of one event loop."""
+
+    def __init__(self, follow_ups_welcome: Callable[[], bool]) -> None:
+        self.open = True  # closed by the drain as it begins
+        self.closed_by = ""  # why it was closed, for the refusal's message
+        # The loop whose work this is (weakly: the drains are kept by their loop).
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._follow_ups_welcome = follow_ups_welcome
+        # Requests once closed (or registered by hand), protected futures, trio jobs.
+        self.work: set[Work] = set()
+        self.requests = 0
+        self._work_jobs = 0
+        self._requests = Requests()
+        self._jobs = Jobs(self._job_finished)
+        self.drained_requests = 0
+        self.drained_jobs = 0
+        self.failed_jobs = 0
+        self.refused_jobs = 0
+        self._abandoned: set[Work] = set()
+        self._idle_waiters: list[Callable[[], None]] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return None if self._loop is None else self._loop()
+
+    @loop.setter
+    def loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+
+    # -- what is in flight ---------------------------------------------------------------
+
+    @property
+    def jobs(self) -> int:
+        return len(self._jobs.tasks) + self._work_jobs
+
+    @property
+    def any_left(self) -> bool:
+        return bool(self.work or self._jobs.tasks)
+
+    def requests_in_flight(self) -> int:
+        """While open the requests in flight are counted from the loop's tasks."""
+        loop = self.loop
+        if self.open and loop is not None:
+            return self.requests + _census.count(loop)
+        return self.requests
+
+    def is_job(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ``task`` is a protected asyncio job in flight."""
+        return task in self._jobs.tasks
+
+    def protected_futures(self) -> set[asyncio.Future[Any]]:
+        """The tasks and futures of the protected jobs in flight."""
+        futures: set[asyncio.Future[Any]] = set(self._jobs.tasks)
+        futures.update(work.future for work in self.work if work.future is not None)
+        return futures
+
+    def oldest(self) -> tuple[WorkKind, str, float] | None:
+        """Kind, name and start of the oldest piece of work in flight."""
+        work = min(self.work, key=lambda work: work.started, default=None)
+        job = self._jobs.oldest()
+        if job is not None and (work is None or job[1] < work.started):
+            return "job", job[0], job[1]
+        return None if work is None else (work.kind, work.name, work.started)
+
+    def names(self) -> str:
+        """What is in flight, for the watchdog's last line."""
+        named = [f"{work.kind} {work.name!r}" for work in tuple(self.work)]
+        return ", ".join(named + [f"job {name!r}" for name in self._jobs.names()])
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit(self, kind: WorkKind) -> None:
+        """Raise ``ShutdownInProgress`` unless new work of ``kind`` may start now."""
+        if self.open:
+            return
+        if self._inside_protected() and self._follow_ups_welcome():
+            return
+        if kind == "job":
+            self.refused_jobs += 1
+        raise ShutdownInProgress(
+            f"the process is shutting down ({self.closed_by or 'drain started'}); "
+            f"this {kind} was not started: answer 503 or hand it to another instance"
+        )
+
+    def _inside_protected(self) -> bool:
+        """Whether the caller is protected work: a request or job in flight, or a task
+        started from inside one."""
+        if inside_protected.get():
+            return True
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # trio: its requests and jobs are marked in their context
+            return False
+        return (
+            task in self._jobs.tasks
+            or self._requests.knows(task)
+            or self._requests.started_the_caller()
+        )
+
+    def close(self, reason: str) -> None:
+        """From now on only follow-up work is admitted; the requests in flight become Work."""
+        self.open = False
+        self.closed_by = reason
+        self.requests -= len(self._requests.noted)  # each is counted again as it becomes Work
+        for work in self._requests.close(self.loop):
+            self.add(work)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def enter_request(
+        self, task: asyncio.Task[Any], namer: Callable[[Any], str], source: Any
+    ) -> bool:
+        """Register the request ``task`` is serving; its name, ``namer(source)``, is made only
+        if the drain ever needs it. False when this task already has a request in flight (a
+        nested app's middleware): only the outer registration counts."""
+        if self.open:
+            if not self._requests.note(task, namer, source):
+                return False
+            self.requests += 1
+            return True
+        if self._requests.knows(task):
+            return False
+        self._requests.adopt(task, self.request_started(namer(source), task.cancel))
+        return True
+
+    def exit_request(self, task: asyncio.Task[Any]) -> None:
+        """The request ``task`` was serving has ended: one registered by ``enter_request``,
+        or one learnt as the registry closed (for any other task, nothing happens)."""
+        noted, work = self._requests.leave(task)
+        if noted:
+            self.requests -= 1
+        elif work is not None:
+            self.discard(work)
+
+    def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
+        """Register an in-flight request by hand (during the drain, a request still gets in
+        through an already-open connection; under trio; a websocket)."""
+        work = Work("request", name, cancel)
+        self.add(work)
+        return work
+
+    # -- adding and removing -------------------------------------------------------------
+
+    def add(self, work: Work) -> None:
+        self.work.add(work)
+        if work.kind == "request":
+            self.requests += 1
+        else:
+            self._work_jobs += 1
+
+    def discard(self, work: Work, *, failed: bool = False) -> None:
+        if work not in self.work:
+            return
+        self.work.remove(work)
+        counted = not self.open and work not in self._abandoned
+        if work.kind == "request":
+            self.requests -= 1
+            self.drained_requests += counted
+        else:
+            self._work_jobs -= 1
+            self._count_job(counted, failed)
+        if not self.any_left:
+            self.wake_idle_waiters()
+
+    def _job_finished(self, failed: bool, abandoned: bool) -> None:
+        self._count_job(not self.open and not abandoned, failed)
+        if not self._jobs.tasks and not self.work:
+            self.wake_idle_waiters()
+
+    def _count_job(self, counted: bool, failed: bool) -> None:
+        if counted:
+            # A job that failed still finished within the drain; it is counted in both.
+            self.drained_jobs += 1
+            self.failed_jobs += failed
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a job on ``loop`` (else the running loop, else trio's)."""
+        if type(coro) is not _Coroutine and not asyncio.iscoroutine(coro):
+            raise TypeError(
+                f"spawn() takes a coroutine, e.g. spawn(send_receipt(order_id)); got {coro!r}"
+            )
+        if not self.open:
+            try:
+                self.admit("job")
+            except ShutdownInProgress:
+                coro.close()  # never awaited, so close it rather than leave a warning behind
+                raise
+        if loop is None:
+            loop = _running_loop()
+            if loop is None:
+                return self._spawn_trio(coro, name)
+        return self._jobs.start(coro, name, loop)
+
+    def _spawn_trio(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
+        if _trio_jobs.trio_running() is None:
+            coro.close()
+            raise RuntimeError("spawn() needs a running asyncio or trio event loop")
+        # Under trio a job is told apart by its context: what it starts during the drain is
+        # its follow-up work.
+        context = contextvars.copy_context()
+        context.run(inside_protected.set, True)
+        job: _trio_jobs.TrioJob[T] = _trio_jobs.TrioJob(
+            name or str(getattr(coro, "__qualname__", "job"))
+        )
+        work = Work("job", job.get_name(), job.cancel)
+        self.add(work)
+        _trio_jobs.start(job, coro, context, lambda failed: self.discard(work, failed=failed))
+        # Under trio the handle is a TrioJob (cancel(), done(), result(), await wait()).
+        return job  # type: ignore[return-value]
+
+    def protect(self, awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Future[T]:
+        if asyncio.iscoroutine(awaitable):
+            return self.spawn(awaitable, name=name)
+        future = asyncio.ensure_future(awaitable)
+        if future.done():
+            return future
+        self.admit("job")
+        label = name or (future.get_name() if isinstance(future, asyncio.Task) else repr(future))
+        work = Work("job", label, future.cancel, future)
+        self.add(work)
+
+        def _done(done: asyncio.Future[Any]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            if exc is not None:
+                log_job_failed(label, exc)
+            self.discard(work, failed=exc is not None)
+
+        future.add_done_callback(_done)
+        return future
+
+    # -- the end of the drain ------------------------------------------------------------
+
+    @property
+    def any_abandoned(self) -> bool:
+        return bool(self._abandoned or self._jobs.abandoned)
+
+    def abandon(self) -> list[AbandonedWork]:
+        """Cancel every piece of work in flight and not yet abandoned, oldest first, and
+        say what was abandoned."""
+        now = time.monotonic()
+        left: list[tuple[float, WorkKind, str, Work | asyncio.Task[Any]]] = [
+            (work.started, work.kind, work.name, work)
+            for work in self.work
+            if work not in self._abandoned
+        ]
+        left += [(started, "job", name, task) for started, name, task in self._jobs.left()]
+        entries: list[AbandonedWork] = []
+        for started, kind, name, what in sorted(left, key=lambda item: item[0]):
+            future = what.future if isinstance(what, Work) else what
+            if future is not None and future.done():
+                # It finished in this turn of the loop; its done callback, already scheduled,
+                # counts it as drained. Reporting it abandoned would have it re-queued twice.
+                continue
+            if isinstance(what, Work):
+                self._abandoned.add(what)
+            else:
+                self._jobs.abandoned.add(what)
+            entry = AbandonedWork(kind, name, now - started)
+            entries.append(entry)
+            log_abandoned(entry)
+            what.cancel()
+        return entries
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no protected work is left; False when the timeout came first."""
+        if not self.any_left:
+            return True
+        event = anyio.Event()
+        self._idle_waiters.append(event.set)
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        return not self.any_left
+
+    def wake_idle_waiters(self) -> None:
+        if not self._idle_waiters:
+            return  # the usual case while serving: no new list for every request
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for wake in waiters:
+            wake()
