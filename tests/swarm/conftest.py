@@ -188,14 +188,28 @@ class Stack:
         return self.prefixes[service] * 10 + slot
 
     def deploy(self) -> None:
-        docker(
-            "stack", "deploy", "--detach=true", "--resolve-image", "never",
-            "-c", str(STACK_FILE), self.name, env=self.env,
+        # Newer clients wait for the services to converge unless told not to; older ones have
+        # no such flag. The convergence is waited for here, with a timeout.
+        detach = (
+            ["--detach=true"] if "--detach" in docker("stack", "deploy", "--help").stdout else []
+        )
+        done = docker(
+            "stack", "deploy", *detach, "--resolve-image", "never",
+            "-c", str(STACK_FILE), self.name, env=self.env, check=False,
         )  # fmt: skip
-        label = f"label=com.docker.stack.namespace={self.name}"
-        self.service_ids = docker("service", "ls", "-q", "--filter", label).stdout.split()
-        self.config_ids = docker("config", "ls", "-q", "--filter", label).stdout.split()
+        # What was created, even by a deploy that failed half-way, so remove() finds it.
+        self._find_ids()
+        assert done.returncode == 0, f"docker stack deploy failed:\n{done.stdout}\n{done.stderr}"
         assert len(self.service_ids) == len(SERVICES) + 1, self.service_ids
+
+    def _find_ids(self) -> None:
+        label = f"label=com.docker.stack.namespace={self.name}"
+        self.service_ids = docker(
+            "service", "ls", "-q", "--filter", label, check=False
+        ).stdout.split()
+        self.config_ids = docker(
+            "config", "ls", "-q", "--filter", label, check=False
+        ).stdout.split()
 
     def tasks(self, service: str) -> list[Task]:
         ids = docker("service", "ps", "-q", "--no-trunc", self.service(service)).stdout.split()
@@ -255,6 +269,8 @@ class Stack:
 
     def remove(self) -> None:
         """Remove what deploy() created, by id, and wait until its containers are gone."""
+        if not self.service_ids:
+            self._find_ids()  # a deploy cut short
         if self.service_ids:
             docker("service", "rm", *self.service_ids, check=False)
         label = f"label=com.docker.stack.namespace={self.name}"
