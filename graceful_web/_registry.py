@@ -44,7 +44,7 @@ class Registry:
         self._follow_ups_welcome = follow_ups_welcome
         # Requests once closed (or registered by hand), protected futures, trio jobs.
         self.work: set[Work] = set()
-        self.requests = 0
+        self._hand_requests = 0  # noted while open, or Work
         self._work_jobs = 0
         self._requests = Requests()
         self._jobs = Jobs(self._job_finished)
@@ -66,12 +66,16 @@ class Registry:
     # -- what is in flight ---------------------------------------------------------------
 
     @property
+    def requests(self) -> int:
+        return self._hand_requests + len(self._requests.learnt)
+
+    @property
     def jobs(self) -> int:
         return len(self._jobs.tasks) + self._work_jobs
 
     @property
     def any_left(self) -> bool:
-        return bool(self.work or self._jobs.tasks)
+        return bool(self.work or self._jobs.tasks or self._requests.learnt)
 
     def requests_in_flight(self) -> int:
         """While open the requests in flight are counted from the loop's tasks."""
@@ -92,15 +96,19 @@ class Registry:
 
     def oldest(self) -> tuple[WorkKind, str, float] | None:
         """Kind, name and start of the oldest piece of work in flight."""
+        candidates: list[tuple[WorkKind, str, float]] = [
+            ("request", *request) for request in [self._requests.oldest()] if request
+        ]
+        candidates += [("job", *job) for job in [self._jobs.oldest()] if job]
         work = min(self.work, key=lambda work: work.started, default=None)
-        job = self._jobs.oldest()
-        if job is not None and (work is None or job[1] < work.started):
-            return "job", job[0], job[1]
-        return None if work is None else (work.kind, work.name, work.started)
+        if work is not None:
+            candidates.append((work.kind, work.name, work.started))
+        return min(candidates, key=lambda candidate: candidate[2], default=None)
 
     def names(self) -> str:
         """What is in flight, for the watchdog's last line."""
         named = [f"{work.kind} {work.name!r}" for work in tuple(self.work)]
+        named += [f"request {name!r}" for name in self._requests.names()]
         return ", ".join(named + [f"job {name!r}" for name in self._jobs.names()])
 
     # -- admission -----------------------------------------------------------------------
@@ -137,7 +145,7 @@ class Registry:
         """From now on only follow-up work is admitted; the requests in flight become Work."""
         self.open = False
         self.closed_by = reason
-        self.requests -= len(self._requests.noted)  # each is counted again as it becomes Work
+        self._hand_requests -= len(self._requests.noted)  # counted again as each becomes Work
         for work in self._requests.close(self.loop):
             self.add(work)
 
@@ -152,7 +160,7 @@ class Registry:
         if self.open:
             if not self._requests.note(task, namer, source):
                 return False
-            self.requests += 1
+            self._hand_requests += 1
             return True
         if self._requests.knows(task):
             return False
@@ -162,11 +170,18 @@ class Registry:
     def exit_request(self, task: asyncio.Task[Any]) -> None:
         """The request ``task`` was serving has ended: one registered by ``enter_request``,
         or one learnt as the registry closed (for any other task, nothing happens)."""
-        noted, work = self._requests.leave(task)
-        if noted:
-            self.requests -= 1
-        elif work is not None:
+        if self._requests.leave_noted(task):
+            self._hand_requests -= 1
+            return
+        work = self._requests.leave_adopted(task)
+        if work is not None:
             self.discard(work)
+            return
+        abandoned = self._requests.leave_learnt(task)
+        if abandoned is not None:
+            self.drained_requests += not abandoned
+            if not self.any_left:
+                self.wake_idle_waiters()
 
     def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
         """Register an in-flight request by hand (during the drain, a request still gets in
@@ -180,7 +195,7 @@ class Registry:
     def add(self, work: Work) -> None:
         self.work.add(work)
         if work.kind == "request":
-            self.requests += 1
+            self._hand_requests += 1
         else:
             self._work_jobs += 1
 
@@ -190,7 +205,7 @@ class Registry:
         self.work.remove(work)
         counted = not self.open and work not in self._abandoned
         if work.kind == "request":
-            self.requests -= 1
+            self._hand_requests -= 1
             self.drained_requests += counted
         else:
             self._work_jobs -= 1
@@ -276,7 +291,7 @@ class Registry:
 
     @property
     def any_abandoned(self) -> bool:
-        return bool(self._abandoned or self._jobs.abandoned)
+        return bool(self._abandoned or self._jobs.abandoned or self._requests.abandoned)
 
     def abandon(self) -> list[AbandonedWork]:
         """Cancel every piece of work in flight and not yet abandoned, oldest first, and
@@ -287,6 +302,7 @@ class Registry:
             for work in self.work
             if work not in self._abandoned
         ]
+        left += [(started, "request", name, task) for started, name, task in self._requests.left()]
         left += [(started, "job", name, task) for started, name, task in self._jobs.left()]
         entries: list[AbandonedWork] = []
         for started, kind, name, what in sorted(left, key=lambda item: item[0]):
@@ -297,6 +313,8 @@ class Registry:
                 continue
             if isinstance(what, Work):
                 self._abandoned.add(what)
+            elif kind == "request":
+                self._requests.abandoned.add(what)
             else:
                 self._jobs.abandoned.add(what)
             entry = AbandonedWork(kind, name, now - started)

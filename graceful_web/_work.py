@@ -22,22 +22,28 @@ class ShutdownInProgress(RuntimeError):
 class Work:
     """One piece of protected work: an in-flight request or a background job."""
 
-    __slots__ = ("__weakref__", "_cancel", "future", "kind", "name", "started")
+    __slots__ = ("__weakref__", "_cancel", "_name", "future", "kind", "started")
 
     def __init__(
         self,
         kind: WorkKind,
-        name: str,
+        name: str | Callable[[], str],
         cancel: Callable[[], object] | None,
         future: asyncio.Future[Any] | None = None,
     ) -> None:
         if cancel is None and future is None:
             raise TypeError("Work needs a cancel callable or a future to cancel")
         self.kind = kind
-        self.name = name
+        self._name = name  # or what makes it, asked only if the drain says the name
         self.started = time.monotonic()
         self._cancel = cancel
         self.future = future  # the job's task or future, so a runner can tell it from the rest
+
+    @property
+    def name(self) -> str:
+        if not isinstance(self._name, str):
+            self._name = self._name()
+        return self._name
 
     @property
     def cancel(self) -> Callable[[], object]:

@@ -231,8 +231,9 @@ class _GracefulMiddleware:
             if drain.draining:
                 return await _served_during_the_drain(drain, request, handler)
         # Serving: nothing is registered. Should the drain begin while the handler runs, it
-        # finds this request by this frame (_census), named from ``request``, aged from
-        # ``started``, and each line below then sees the process is no longer serving.
+        # finds this request by this call (_census), named from ``request``, aged from
+        # ``started``, and each line below then sees the process is no longer serving. (The
+        # one await above, in the drain's own branch, comes after the census was taken.)
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
         try:
             response = await handler(request)
@@ -278,9 +279,7 @@ def _request_name(request: web.Request) -> str:
 
 
 _monotonic = time.monotonic
-_census.watch(
-    _GracefulMiddleware.__call__, lambda local: _request_name(local["request"]), "request"
-)
+_census.watch(_GracefulMiddleware.__call__, "request", _request_name)
 
 
 def _readiness(drain: Drain) -> web.Response:

@@ -159,21 +159,27 @@ class GracefulLifespan:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if (
             not process.serving
             or scope["path"] == self._readiness_path
             or _running_loop() is None  # trio
         ):
-            drain = current_drain()
-            if scope["path"] == self._readiness_path:
-                await _answer_readiness(drain, send)
-                return
-            if drain.draining or _running_loop() is None:
-                await self._http_registered(drain, scope, receive, send)
-                return
+            return self._http_uncommon(scope, receive, send)
+        return self._served(scope, receive, send)
+
+    async def _http_uncommon(self, scope: Scope, receive: Receive, send: Send) -> None:
+        drain = current_drain()
+        if scope["path"] == self._readiness_path:
+            await _answer_readiness(drain, send)
+        elif drain.draining or _running_loop() is None:
+            await self._http_registered(drain, scope, receive, send)
+        else:
+            await self._served(scope, receive, send)
+
+    async def _served(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Serving: nothing is registered. Should the drain begin while the app runs, it finds
-        # this request by this frame (_census), named from ``scope``, aged from ``started``.
+        # this request by this call (_census), named from ``scope``, aged from ``started``.
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
 
         def send_closing_when_draining(message: Message) -> Awaitable[None]:
@@ -585,7 +591,7 @@ def _request_name(scope: Scope) -> str:
 
 _monotonic = time.monotonic
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
-_census.watch(GracefulLifespan._http, lambda local: _request_name(local["scope"]), "scope")
+_census.watch(GracefulLifespan._served, "scope", _request_name)
 
 
 def _with_connection_close(message: Message) -> Message:

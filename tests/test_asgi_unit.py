@@ -141,7 +141,7 @@ async def test_a_follow_up_job_from_an_endpoint_in_a_task_of_its_own_is_accepted
             await asyncio.wait_for(entered.wait(), 5)
             drain = current_drain()
             drain.begin("test")
-            assert [work.name for work in drain._work] == ["GET /slow"]
+            assert drain.requests_in_flight == 1
             release.set()
             response = await asyncio.wait_for(pending, 5)
             report = await drain.wait("test")

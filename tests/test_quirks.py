@@ -226,20 +226,18 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
 
     from graceful_web import _census
 
-    def _name(local: Any) -> str:
-        return str(local["name"])
-
     async def serve(name: str, release: asyncio.Event, ask: bool = False) -> Any:
         started = time.monotonic()  # noqa: F841  (read by the census)
-        if ask:
-            return _census.requests_in_flight(asyncio.get_running_loop())
+        if ask:  # read while both are in flight
+            calls = _census.requests_in_flight(asyncio.get_running_loop()).values()
+            return [(_census.name(c), _census.started(c), _census.source(c)) for c in calls]
         await inner(release)
         return None
 
     async def inner(release: asyncio.Event) -> None:
         await asyncio.gather(release.wait())  # a future deep down the chain of awaits
 
-    _census.watch(serve, _name, "name")
+    _census.watch(serve, "name", str)
 
     async def main() -> None:
         release = asyncio.Event()
@@ -249,12 +247,12 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
         release.set()
         await waiting
         what = f"{platform.python_implementation()} {platform.python_version()}: "
-        names = sorted(request.name for request in found)
+        names = sorted(name for name, _, _ in found)
         assert names == ["GET /asking", "GET /waiting"], what + (
             "cr_await/cr_frame of a suspended coroutine, or the asking task's own stack, "
             "changed shape; see graceful_web/_census.py"
         )
-        assert all(isinstance(request.started, float) for request in found)
-        assert sorted(str(request.source) for request in found) == names  # the local named
+        assert all(isinstance(started, float) for _, started, _ in found)
+        assert sorted(str(source) for _, _, source in found) == names  # the local named
 
     asyncio.run(main())
