@@ -12,53 +12,38 @@ shutdown and before anything is torn down.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import inspect
 import logging
 import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from . import _census, _quirks, _signals
+from . import _census
+from ._asgi_lifespan import ASGIApp, Lifespan, Message, Receive, Scope, Send
+from ._asgi_stop import ServerStop
 from ._config import Config
 from ._current import current_drain, request_done
 from ._drain import Drain, process
 from ._report import (
     AbandonedCallback,
     DrainFinishedCallback,
-    DrainReport,
     DrainStartedCallback,
-    forced_exit_code,
 )
-from ._watchdog import exit_now
 from ._work import inside_protected
 
 __all__ = ["GracefulLifespan"]
 
 logger = logging.getLogger("graceful_web")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Websockets still open this long after the drain started are closed with 1001 (Going Away),
 #: unless the drain timeout is shorter (then half of it).
 DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
-#: How often a worker of a multi-process hypercorn looks at its parent's stop event.
-SHUTDOWN_EVENT_POLL = 0.05
-#: After a drain that abandoned work, how long the server gets to send lifespan shutdown, and
-#: how long the inner app's shutdown may then take, before the process exits with the drain's
-#: status. Both fit inside the watchdog's margin after the deadline.
-SERVER_SHUTDOWN_WAIT = 0.1
-INNER_SHUTDOWN_BOUND = 0.3
 
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
@@ -123,6 +108,7 @@ class GracefulLifespan:
             )
         self.websocket_close_grace = float(websocket_close_grace)
         self.handle_signals = handle_signals
+        self._stop = ServerStop(self.config, handle_signals=handle_signals)
         self._readiness_path = self.config.readiness_path
         # Set by lifespan startup; a request arriving while it is still False means the server
         # never sends lifespan, so nothing would be drained: said once, at that request.
@@ -142,9 +128,14 @@ class GracefulLifespan:
                 self._warn_without_lifespan()
             await self._websocket(scope, receive, send)
         elif scope_type == "lifespan":
-            await _Lifespan(self, scope, receive, send).run()
+            await Lifespan(
+                self.app, self._stop, scope, receive, send, on_startup=self._note_lifespan
+            ).run()
         else:
             await self.app(scope, receive, send)
+
+    def _note_lifespan(self) -> None:
+        self._lifespan_started = True
 
     def _warn_without_lifespan(self) -> None:
         self._lifespan_started = True  # say it once
@@ -277,305 +268,6 @@ class GracefulLifespan:
         finally:
             inside_protected.reset(token)
             drain.discard(work)
-
-
-class _Lifespan:
-    """One lifespan conversation: the server on one side, the inner app on the other, the
-    drain in between."""
-
-    def __init__(self, owner: GracefulLifespan, scope: Scope, receive: Receive, send: Send):
-        self.owner = owner
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.drain: Drain | None = None
-        self.installed: _signals.Installed | None = None
-        self.signalled = False  # the drain was started by a stop signal (or the server's stop)
-        # uvicorn re-raises the stop signal once it is done, so a clean drain would still end
-        # "killed by SIGTERM"; it is told to forget the signals the drain took care of.
-        self.captured_signals: list[int] | None = None
-        self.report: DrainReport | None = None
-        self.drained = anyio.Event()
-        to_inner, self.inner_receive_stream = anyio.create_memory_object_stream[Message](4)
-        self.to_inner = to_inner
-        from_inner_send, from_inner = anyio.create_memory_object_stream[Message | None](4)
-        self.from_inner = from_inner
-        self.from_inner_send = from_inner_send
-        self.inner_error: BaseException | None = None
-        self.inner_has_lifespan = False
-        self.inner_shutdown_lock = anyio.Lock()
-        self.inner_shutdown_reply: Message | None = None
-        self.shutdown_requested = anyio.Event()  # the server sent lifespan.shutdown
-        # The signal that stops the server, for each signal the drain starts on: the same
-        # one, or SIGTERM (else SIGINT) for a signal the server does not act on itself.
-        self.server_stop: dict[signal.Signals, signal.Signals] = {}
-
-    async def run(self) -> None:
-        message = await self.receive()
-        if message["type"] != "lifespan.startup":
-            raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
-        drain = self.drain = current_drain()
-        drain.configure(self.owner.config)
-        self.owner._lifespan_started = True
-        startup_failed = False
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._run_inner)
-            await self.to_inner.send({"type": "lifespan.startup"})
-            reply = await self.from_inner.receive()
-            if reply is not None and reply["type"] == "lifespan.startup.failed":
-                startup_failed = True
-                await self.send(reply)
-                # The inner app usually raises right after: let the server see its error.
-                with anyio.move_on_after(1):
-                    await self.from_inner.receive()
-                task_group.cancel_scope.cancel()
-            else:
-                if reply is None and self.inner_error is not None:
-                    logger.debug(
-                        "the wrapped app does not support lifespan (%r): serving without it",
-                        self.inner_error,
-                    )
-                await self._serve(task_group, drain, inner_has_lifespan=reply is not None)
-        if startup_failed and self.inner_error is not None:
-            raise self.inner_error
-
-    async def _serve(
-        self, task_group: anyio.abc.TaskGroup, drain: Drain, *, inner_has_lifespan: bool
-    ) -> None:
-        self.inner_has_lifespan = inner_has_lifespan
-        self._install_signals()
-        task_group.start_soon(self._drain_once_shutting_down, drain)
-        task_group.start_soon(self._watch_hypercorn_parent, drain)
-        await self.send({"type": "lifespan.startup.complete"})
-
-        await self.receive()  # lifespan.shutdown
-        self.shutdown_requested.set()
-        drain.begin("shutdown")
-        await self.drained.wait()
-        shutdown_reply = await self._shut_inner_down()
-        self._uninstall_signals()
-        self._exit_if_work_was_lost()
-        await self.send(shutdown_reply)
-        task_group.cancel_scope.cancel()
-
-    async def _shut_inner_down(self) -> Message:
-        """Run the inner app's lifespan shutdown, once, whoever asks first."""
-        async with self.inner_shutdown_lock:
-            if self.inner_shutdown_reply is not None:
-                return self.inner_shutdown_reply
-            reply: Message = {"type": "lifespan.shutdown.complete"}
-            if self.inner_has_lifespan:
-                await self.to_inner.send({"type": "lifespan.shutdown"})
-                inner_reply = await self.from_inner.receive()
-                if inner_reply is not None:
-                    reply = inner_reply
-                elif self.inner_error is not None:
-                    reply = {"type": "lifespan.shutdown.failed", "message": repr(self.inner_error)}
-            self.inner_shutdown_reply = reply
-            return reply
-
-    async def _run_inner(self) -> None:
-        try:
-            await self.owner.app(self.scope, self.inner_receive_stream.receive, self._from_inner)
-        except Exception as exc:
-            self.inner_error = exc
-        finally:
-            # The app returned (or raised): whoever waits for its next message gets None.
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await self.from_inner_send.send(None)
-
-    async def _from_inner(self, message: Message) -> None:
-        await self.from_inner_send.send(message)
-
-    async def _drain_once_shutting_down(self, drain: Drain) -> None:
-        # Runs the drain from its first moment, so the deadline is kept even while the
-        # server is still waiting for connections to close.
-        await drain.wait_shutting_down()
-        report = self.report = await drain.wait(drain.reason or "shutdown")
-        self.drained.set()
-        if not self.signalled or report.exit_code == 0:
-            return
-        # Work was abandoned or the drain was forced, and a server may now wait on without
-        # end (uvicorn, for a connection whose response can never be flushed) or skip lifespan
-        # shutdown altogether (uvicorn after a second SIGINT). Give it a moment to send the
-        # shutdown; otherwise shut the inner app down here and exit with the drain's status,
-        # well before the watchdog's hard exit.
-        with anyio.move_on_after(SERVER_SHUTDOWN_WAIT):
-            await self.shutdown_requested.wait()
-        if self.shutdown_requested.is_set():
-            return
-        with anyio.move_on_after(INNER_SHUTDOWN_BOUND):
-            await self._shut_inner_down()
-        self._uninstall_signals()
-        exit_now(report.exit_code)
-
-    # -- signals -------------------------------------------------------------------------
-
-    def _install_signals(self) -> None:
-        if not self.owner.handle_signals:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._install_trio_signals()
-            return
-        # The server's way to stop: its handler for SIGTERM (or SIGINT). A signal the server
-        # does not handle itself but the app chose (SIGHUP, say) stops it that same way.
-        stop_signal = next(
-            (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
-        )
-        if stop_signal is None:
-            # Nothing here stops the server on a signal (a worker whose parent decides, as in
-            # multi-process hypercorn): leave every signal its meaning; the drain follows the
-            # server's own stop.
-            return
-        self.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
-        for sig in self.owner.config.signals:
-            self.server_stop[sig] = sig if _signals.server_handles(sig) else stop_signal
-        self.installed = _signals.install(
-            loop, list(self.server_stop), lambda sig: self._on_signal(loop, sig)
-        )
-
-    def _install_trio_signals(self) -> None:
-        trio = sys.modules.get("trio")
-        if trio is None:
-            return
-        token = trio.lowlevel.current_trio_token()
-        previous: dict[signal.Signals, Any] = {}
-        installed = _signals.Installed()
-
-        def on_signal(signum: int, frame: Any) -> None:
-            sig = signal.Signals(signum)
-            with contextlib.suppress(RuntimeError):  # the run has already ended
-                token.run_sync_soon(self._on_trio_signal, sig, previous)
-
-        for sig in self.owner.config.signals:
-            try:
-                previous[sig] = signal.signal(sig, on_signal)
-            except (ValueError, OSError):
-                continue
-            installed.previous[sig] = previous[sig]
-        self.installed = installed
-
-    def _on_trio_signal(self, sig: signal.Signals, previous: dict[signal.Signals, Any]) -> None:
-        drain = self.drain
-        assert drain is not None
-        if drain.draining and self.signalled:
-            drain.force(sig.name)
-            _register_forced_exit(drain)
-            return
-        self.signalled = True
-        drain.begin(sig.name)
-        drain.arm_watchdog()
-        # trio stops its servers on KeyboardInterrupt; hypercorn's trio worker then closes
-        # the listeners and runs lifespan shutdown. Deliver it as trio's own SIGINT handler
-        # would, from inside the run, after the pre-stop delay.
-        handler = previous.get(signal.SIGINT)
-        if not callable(handler):
-            handler = signal.getsignal(signal.SIGINT)
-
-        def stop() -> None:
-            if callable(handler):
-                handler(signal.SIGINT, sys._getframe())
-
-        delay = self.owner.config.pre_stop_delay
-        if delay > 0:
-            trio = sys.modules["trio"]
-            token = trio.lowlevel.current_trio_token()
-
-            async def stop_later() -> None:
-                await anyio.sleep(delay)
-                token.run_sync_soon(stop)
-
-            trio.lowlevel.spawn_system_task(stop_later)
-        else:
-            stop()
-
-    def _on_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
-        drain = self.drain
-        assert drain is not None
-        stop_signal = self.server_stop.get(sig)
-        installed = self.installed
-
-        def stop_server() -> None:
-            if installed is not None and stop_signal is not None:
-                installed.deliver(stop_signal)
-
-        if drain.draining and self.signalled:
-            drain.force(sig.name)
-            _register_forced_exit(drain)
-            stop_server()
-            # The forced status is the one to leave with, not a re-raised first signal.
-            self._forget_captured_signals()
-            return
-        self.signalled = True
-        drain.begin(sig.name)
-        drain.arm_watchdog()
-        delay = self.owner.config.pre_stop_delay
-        if delay > 0:
-            logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
-            loop.call_later(delay, stop_server)
-        else:
-            stop_server()
-
-    def _forget_captured_signals(self) -> None:
-        captured = self.captured_signals
-        if captured is not None:
-            handled = set(self.owner.config.signals) | {signal.SIGINT, signal.SIGTERM}
-            captured[:] = [sig for sig in captured if sig not in handled]
-
-    def _uninstall_signals(self) -> None:
-        if self.installed is not None:
-            self.installed.uninstall()
-            self.installed = None
-
-    async def _watch_hypercorn_parent(self, drain: Drain) -> None:
-        # A hypercorn worker process ignores SIGINT and never sees the SIGTERM its parent got:
-        # the parent sets a shared event, which the worker polls. Watch the same event.
-        stop_event = _quirks.hypercorn_parent_stop_event()
-        if stop_event is None:
-            return
-        _warn_if_hypercorn_grace_is_short(self.owner.config.drain_timeout)
-        while not stop_event.is_set():
-            await anyio.sleep(SHUTDOWN_EVENT_POLL)
-        if not drain.draining:
-            self.signalled = True
-            drain.begin("SIGTERM")
-            drain.arm_watchdog()
-
-    # -- exit status ---------------------------------------------------------------------
-
-    def _exit_if_work_was_lost(self) -> None:
-        report = self.report
-        if report is None or not self.signalled:
-            return
-        if report.exit_code == 0:
-            self._forget_captured_signals()
-            return
-        # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
-        # one way an orchestrator learns that work was abandoned, so it is set here, once the
-        # inner app has shut down.
-        exit_now(report.exit_code)
-
-
-def _register_forced_exit(drain: Drain) -> None:
-    # A server may skip lifespan shutdown after a second signal (uvicorn's force exit) and
-    # leave with status 0: the exit status still says the drain was forced.
-    code = forced_exit_code(drain.reason)
-    atexit.register(exit_now, 1 if code is None else code)
-
-
-def _warn_if_hypercorn_grace_is_short(drain_timeout: float) -> None:
-    graceful_timeout = _quirks.hypercorn_graceful_timeout()
-    if graceful_timeout is not None and graceful_timeout < drain_timeout:
-        logger.warning(
-            "hypercorn's graceful_timeout (%g s) is shorter than drain_timeout (%g s): "
-            "hypercorn cancels requests still running after it. Start hypercorn with "
-            "--graceful-timeout %g",
-            graceful_timeout,
-            drain_timeout,
-            drain_timeout,
-        )
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:

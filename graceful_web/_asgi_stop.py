@@ -1,0 +1,202 @@
+"""The ASGI adapter's side of a server's stop: the drain starts at the signal (or, in a
+hypercorn worker, at its parent's stop event), and the server is told to stop after the
+pre-stop delay, the way it stops on its own. A second signal forces the exit.
+
+Servers stop on SIGTERM and SIGINT; a signal the app chose that the server does not act on
+(SIGHUP, say) stops it as SIGTERM does. Under trio, the stop is the KeyboardInterrupt that
+trio's own SIGINT handler would raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from . import _quirks, _signals
+from ._config import Config
+from ._drain import Drain
+from ._report import forced_exit_code
+from ._watchdog import exit_now
+
+logger = logging.getLogger("graceful_web")
+
+#: How often a worker of a multi-process hypercorn looks at its parent's stop event.
+SHUTDOWN_EVENT_POLL = 0.05
+
+
+class ServerStop:
+    """How one server process is stopped, with the drain in front."""
+
+    def __init__(self, config: Config, *, handle_signals: bool) -> None:
+        self.config = config
+        self.handle_signals = handle_signals
+        self.drain: Drain | None = None
+        self.installed: _signals.Installed | None = None
+        self.signalled = False  # the drain was started by a stop signal (or the server's stop)
+        # uvicorn re-raises the stop signal once it is done, so a clean drain would still end
+        # "killed by SIGTERM"; it is told to forget the signals the drain took care of.
+        self.captured_signals: list[int] | None = None
+        # The signal that stops the server, for each signal the drain starts on: the same
+        # one, or SIGTERM (else SIGINT) for a signal the server does not act on itself.
+        self.server_stop: dict[signal.Signals, signal.Signals] = {}
+
+    def install(self, drain: Drain) -> None:
+        """Put the drain in front of the server's own stop, for the signals configured."""
+        self.drain = drain
+        if not self.handle_signals:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._install_trio_signals()
+            return
+        # The server's way to stop: its handler for SIGTERM (or SIGINT). A signal the server
+        # does not handle itself but the app chose (SIGHUP, say) stops it that same way.
+        stop_signal = next(
+            (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
+        )
+        if stop_signal is None:
+            # Nothing here stops the server on a signal (a worker whose parent decides, as in
+            # multi-process hypercorn): leave every signal its meaning; the drain follows the
+            # server's own stop.
+            return
+        self.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
+        for sig in self.config.signals:
+            self.server_stop[sig] = sig if _signals.server_handles(sig) else stop_signal
+        self.installed = _signals.install(
+            loop, list(self.server_stop), lambda sig: self._on_signal(loop, sig)
+        )
+
+    def _install_trio_signals(self) -> None:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            return
+        token = trio.lowlevel.current_trio_token()
+        previous: dict[signal.Signals, Any] = {}
+        installed = _signals.Installed()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            sig = signal.Signals(signum)
+            with contextlib.suppress(RuntimeError):  # the run has already ended
+                token.run_sync_soon(self._on_trio_signal, sig, previous)
+
+        for sig in self.config.signals:
+            try:
+                previous[sig] = signal.signal(sig, on_signal)
+            except (ValueError, OSError):
+                continue
+            installed.previous[sig] = previous[sig]
+        self.installed = installed
+
+    def _on_trio_signal(self, sig: signal.Signals, previous: dict[signal.Signals, Any]) -> None:
+        drain = self.drain
+        assert drain is not None
+        if drain.draining and self.signalled:
+            drain.force(sig.name)
+            _register_forced_exit(drain)
+            return
+        self.signalled = True
+        drain.begin(sig.name)
+        drain.arm_watchdog()
+        # trio stops its servers on KeyboardInterrupt; hypercorn's trio worker then closes
+        # the listeners and runs lifespan shutdown. Deliver it as trio's own SIGINT handler
+        # would, from inside the run, after the pre-stop delay.
+        handler = previous.get(signal.SIGINT)
+        if not callable(handler):
+            handler = signal.getsignal(signal.SIGINT)
+
+        def stop() -> None:
+            if callable(handler):
+                handler(signal.SIGINT, sys._getframe())
+
+        delay = self.config.pre_stop_delay
+        if delay > 0:
+            trio = sys.modules["trio"]
+            token = trio.lowlevel.current_trio_token()
+
+            async def stop_later() -> None:
+                await anyio.sleep(delay)
+                token.run_sync_soon(stop)
+
+            trio.lowlevel.spawn_system_task(stop_later)
+        else:
+            stop()
+
+    def _on_signal(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+        drain = self.drain
+        assert drain is not None
+        stop_signal = self.server_stop.get(sig)
+        installed = self.installed
+
+        def stop_server() -> None:
+            if installed is not None and stop_signal is not None:
+                installed.deliver(stop_signal)
+
+        if drain.draining and self.signalled:
+            drain.force(sig.name)
+            _register_forced_exit(drain)
+            stop_server()
+            # The forced status is the one to leave with, not a re-raised first signal.
+            self.forget_captured_signals()
+            return
+        self.signalled = True
+        drain.begin(sig.name)
+        drain.arm_watchdog()
+        delay = self.config.pre_stop_delay
+        if delay > 0:
+            logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
+            loop.call_later(delay, stop_server)
+        else:
+            stop_server()
+
+    def forget_captured_signals(self) -> None:
+        captured = self.captured_signals
+        if captured is not None:
+            handled = set(self.config.signals) | {signal.SIGINT, signal.SIGTERM}
+            captured[:] = [sig for sig in captured if sig not in handled]
+
+    def uninstall(self) -> None:
+        if self.installed is not None:
+            self.installed.uninstall()
+            self.installed = None
+
+    async def watch_hypercorn_parent(self, drain: Drain) -> None:
+        # A hypercorn worker process ignores SIGINT and never sees the SIGTERM its parent got:
+        # the parent sets a shared event, which the worker polls. Watch the same event.
+        stop_event = _quirks.hypercorn_parent_stop_event()
+        if stop_event is None:
+            return
+        _warn_if_hypercorn_grace_is_short(self.config.drain_timeout)
+        while not stop_event.is_set():
+            await anyio.sleep(SHUTDOWN_EVENT_POLL)
+        if not drain.draining:
+            self.signalled = True
+            drain.begin("SIGTERM")
+            drain.arm_watchdog()
+
+
+def _register_forced_exit(drain: Drain) -> None:
+    # A server may skip lifespan shutdown after a second signal (uvicorn's force exit) and
+    # leave with status 0: the exit status still says the drain was forced.
+    code = forced_exit_code(drain.reason)
+    atexit.register(exit_now, 1 if code is None else code)
+
+
+def _warn_if_hypercorn_grace_is_short(drain_timeout: float) -> None:
+    graceful_timeout = _quirks.hypercorn_graceful_timeout()
+    if graceful_timeout is not None and graceful_timeout < drain_timeout:
+        logger.warning(
+            "hypercorn's graceful_timeout (%g s) is shorter than drain_timeout (%g s): "
+            "hypercorn cancels requests still running after it. Start hypercorn with "
+            "--graceful-timeout %g",
+            graceful_timeout,
+            drain_timeout,
+            drain_timeout,
+        )
