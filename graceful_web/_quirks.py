@@ -84,15 +84,6 @@ def hypercorn_graceful_timeout() -> float | None:
     return None
 
 
-# -- aiohttp -----------------------------------------------------------------------------
-
-
-def aiohttp_server_of(request: Any) -> Any:
-    """The ``web.Server`` a request came through (``request.protocol._manager``): aiohttp
-    offers no public way from an app to the server running it."""
-    return getattr(getattr(request, "protocol", None), "_manager", None)
-
-
 # -- asyncio tasks -----------------------------------------------------------------------
 
 

@@ -185,20 +185,6 @@ def test_hypercorn_workers_carry_their_config_and_stop_event() -> None:
 # -- aiohttp ---------------------------------------------------------------------------------
 
 
-async def test_aiohttp_requests_lead_to_their_server(
-    aiohttp_client: Callable[..., Any],
-) -> None:
-    async def which_server(request: web.Request) -> web.Response:
-        server = _quirks.aiohttp_server_of(request)
-        return web.Response(text=type(server).__name__)
-
-    app = web.Application()
-    app.router.add_get("/", which_server)
-    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
-    response = await client.get("/")
-    assert await response.text() == "Server", _canary("aiohttp", "request.protocol._manager")
-
-
 async def test_aiohttp_connection_tasks_lead_to_their_server(
     aiohttp_client: Callable[..., Any],
 ) -> None:
