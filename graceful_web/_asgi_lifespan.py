@@ -79,6 +79,7 @@ class Lifespan:
         drain.configure(self.stop.config)
         self.on_startup()
         startup_failed = False
+        shutdown_reply: Message | None = None
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._run_inner)
             await self.to_inner.send({"type": "lifespan.startup"})
@@ -96,13 +97,20 @@ class Lifespan:
                         "the wrapped app does not support lifespan (%r): serving without it",
                         self.inner_error,
                     )
-                await self._serve(task_group, drain, inner_has_lifespan=reply is not None)
+                shutdown_reply = await self._serve(
+                task_group, drain, inner_has_lifespan=reply is not None
+            )
+        if shutdown_reply is not None:
+            # The last thing this task does: a server may cancel it the moment it reads the
+            # reply (hypercorn does), and a task group still winding down would take that
+            # cancellation as its own error.
+            await self.send(shutdown_reply)
         if startup_failed and self.inner_error is not None:
             raise self.inner_error
 
     async def _serve(
         self, task_group: anyio.abc.TaskGroup, drain: Drain, *, inner_has_lifespan: bool
-    ) -> None:
+    ) -> Message:
         self.inner_has_lifespan = inner_has_lifespan
         self.stop.install(drain)
         task_group.start_soon(self._drain_once_shutting_down, drain)
@@ -116,8 +124,8 @@ class Lifespan:
         shutdown_reply = await self._shut_inner_down()
         self.stop.uninstall()
         self._exit_if_work_was_lost()
-        await self.send(shutdown_reply)
         task_group.cancel_scope.cancel()
+        return shutdown_reply
 
     async def _shut_inner_down(self) -> Message:
         """Run the inner app's lifespan shutdown, once, whoever asks first."""
