@@ -35,7 +35,7 @@ __all__ = ["graceful_middleware", "setup"]
 
 logger = logging.getLogger("graceful_web")
 
-MIN_AIOHTTP = (3, 9)
+MIN_AIOHTTP = (3, 14)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -401,7 +401,7 @@ def test_an_unsupported_aiohttp_version_raises_at_setup(
     with pytest.raises(RuntimeError) as raised:
         set_up_aiohttp({})
     assert str(raised.value) == (
-        f"graceful_web.aiohttp needs aiohttp 3.9 or newer, found {version}: "
+        f"graceful_web.aiohttp needs aiohttp 3.14 or newer, found {version}: "
         "pip install -U 'graceful-web[aiohttp]'"
     )
 
