@@ -31,34 +31,8 @@ elapsed() { printf '%ds' $((SECONDS - STARTED)); }
 
 [ "$(id -u)" = 0 ] || die "debootstrap, mount and chroot need root"
 
-# The machine's main Debian archive, read from its own apt sources (deb822 or one-line form);
-# the same reading as docker/test-docker.sh.
-debian_mirror() {
-    local mirror=""
-    if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
-        mirror=$(awk -v RS= '
-            /(^|\n)Types:[^\n]*deb([ \t]|\n|$)/ &&
-            match($0, /(^|\n)Suites:[^\n]*/) {
-                suites = substr($0, RSTART, RLENGTH)
-                n = split(suites, words, /[ \t\n]+/)
-                plain = 0
-                for (i = 1; i <= n; i++) if (words[i] ~ /^[a-z]+$/) plain = 1
-                if (plain && match($0, /(^|\n)URIs:[ \t]*[^ \t\n]+/)) {
-                    uri = substr($0, RSTART, RLENGTH)
-                    sub(/^\n?URIs:[ \t]*/, "", uri)
-                    print uri
-                    exit
-                }
-            }' /etc/apt/sources.list.d/*.sources)
-    fi
-    if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-        mirror=$(awk '$1 == "deb" {
-            for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { uri = $i; suite = $(i + 1); break }
-            if (suite ~ /^[a-z]+$/) { print uri; exit }
-        }' /etc/apt/sources.list)
-    fi
-    [ -n "$mirror" ] && echo "$mirror"
-}
+# shellcheck source=docker/debian_mirror.sh
+source "$ROOT/docker/debian_mirror.sh"
 
 # Mount points under the rootfs, deepest first (also those left by an interrupted run).
 mounts_under_rootfs() {
