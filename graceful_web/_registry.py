@@ -96,10 +96,13 @@ class Registry:
 
     def oldest(self) -> tuple[WorkKind, str, float] | None:
         """Kind, name and start of the oldest piece of work in flight."""
-        candidates: list[tuple[WorkKind, str, float]] = [
-            ("request", *request) for request in [self._requests.oldest()] if request
-        ]
-        candidates += [("job", *job) for job in [self._jobs.oldest()] if job]
+        candidates: list[tuple[WorkKind, str, float]] = []
+        request = self._requests.oldest()
+        if request is not None:
+            candidates.append(("request", *request))
+        job = self._jobs.oldest()
+        if job is not None:
+            candidates.append(("job", *job))
         work = min(self.work, key=lambda work: work.started, default=None)
         if work is not None:
             candidates.append((work.kind, work.name, work.started))
