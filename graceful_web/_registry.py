@@ -106,7 +106,9 @@ class Registry:
         work = min(self.work, key=lambda work: work.started, default=None)
         if work is not None:
             candidates.append((work.kind, work.name, work.started))
-        return min(candidates, key=lambda candidate: candidate[2], default=None)
+        if not candidates:
+            return None
+        return min(candidates, key=lambda candidate: candidate[2])
 
     def names(self) -> str:
         """What is in flight, for the watchdog's last line."""
