@@ -185,7 +185,7 @@ class Lifespan:
         if report is None or not self.stop.signalled:
             return
         if report.exit_code == 0:
-            self.stop.forget_captured_signals()
+            self.stop.end_clean_drain()
             return
         # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
         # one way an orchestrator learns that work was abandoned, so it is set here, once the
