@@ -173,8 +173,8 @@ class ServerStop:
         uvicorn re-raises the stop signal once it has shut down; with the default handler
         back in place, the bare process dies of it there and then, before Python's teardown
         of every module (50 to 100 ms for a Starlette app). Taken out of that list, the
-        signal no longer ends the process, so the process ends at that same moment, as the
-        event loop cancels what is left, with status 0. Where something would still run
+        signal no longer ends the process, so the process ends about then, once the tasks
+        the event loop cancels last have cleaned up, with status 0. Where something would still run
         after the server (a handler of the user's for the signal; gunicorn's worker, which
         runs its worker_exit hook), Python's own exit proceeds."""
         forgotten = self.forget_captured_signals()
@@ -214,6 +214,11 @@ async def _exit_at_teardown(signals: list[int], code: int) -> None:
         # The server is done and has put back the handlers it found: the default one means
         # the bare server would now die of the signal it re-raises.
         if all(signal.getsignal(sig) is signal.SIG_DFL for sig in signals):
+            # The loop cancelled every task left at once: theirs still get to clean up
+            # (a task that never ends is the watchdog's, armed since the signal).
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+            if others:
+                await asyncio.wait(others)
             logging.shutdown()  # every handler flushed and closed, as at a normal exit
             exit_now(code)
         raise
