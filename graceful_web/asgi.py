@@ -113,6 +113,7 @@ class GracefulLifespan:
         # Set by lifespan startup; a request arriving while it is still False means the server
         # never sends lifespan, so nothing would be drained: said once, at that request.
         self._lifespan_started = False
+        self._serve_plainly = False
 
     def __repr__(self) -> str:
         return f"GracefulLifespan({self.app!r})"
@@ -120,9 +121,16 @@ class GracefulLifespan:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type == "http":
+            if (
+                self._serve_plainly
+                and process.serving
+                and scope["path"] != self._readiness_path
+            ):
+                await self._served(scope, receive, send)
+                return
             if not self._lifespan_started:
                 self._warn_without_lifespan()
-            await self._http(scope, receive, send)
+            await self._http_uncommon(scope, receive, send)
         elif scope_type == "websocket":
             if not self._lifespan_started:
                 self._warn_without_lifespan()
@@ -136,6 +144,9 @@ class GracefulLifespan:
 
     def _note_lifespan(self) -> None:
         self._lifespan_started = True
+        # Requests are served without registering only where the drain can learn them later
+        # from the loop's tasks: on asyncio's loop (or uvloop), not under trio.
+        self._serve_plainly = _running_loop() is not None
 
     def _warn_without_lifespan(self) -> None:
         self._lifespan_started = True  # say it once
@@ -149,15 +160,6 @@ class GracefulLifespan:
         )
 
     # -- requests ------------------------------------------------------------------------
-
-    def _http(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if (
-            not process.serving
-            or scope["path"] == self._readiness_path
-            or _running_loop() is None  # trio
-        ):
-            return self._http_uncommon(scope, receive, send)
-        return self._served(scope, receive, send)
 
     async def _http_uncommon(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = current_drain()
