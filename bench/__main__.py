@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import in_flight, jobs, report, stopping, throughput
+from . import hot_path, in_flight, jobs, report, stopping, throughput
 from ._harness import ROOT, pin_cpus, raise_open_files
 
 #: A B pairs per figure: enough for a median and a range, few enough for the time budget.
@@ -54,6 +54,7 @@ class Plan:
     jobs: int = jobs.JOBS
     in_flight_pairs: int = IN_FLIGHT_PAIRS
     requests: int = in_flight.REQUESTS
+    hot_path_calls: int = hot_path.CALLS
     quick: bool = False
 
 
@@ -67,6 +68,7 @@ QUICK = Plan(
     jobs=20_000,
     in_flight_pairs=1,
     requests=2_000,
+    hot_path_calls=20_000,
     quick=True,
 )
 
@@ -139,6 +141,10 @@ def main() -> int:
     flight = in_flight.measure(plan.in_flight_pairs, tuple(flight_servers), plan.requests)
     _say(in_flight.show(flight))
 
+    _say(f"6. the request path in process: {plan.hot_path_calls} requests a repetition")
+    request_path = hot_path.measure(plan.hot_path_calls)
+    _say(hot_path.show(request_path))
+
     results = report.Results(
         date=date,
         wall_s=time.monotonic() - began,
@@ -154,6 +160,7 @@ def main() -> int:
         throughput_s=plan.throughput_s,
         warmup_s=plan.warmup_s,
         quick=quick,
+        hot_path=request_path,
     )
     if not quick:
         SAVED.parent.mkdir(parents=True, exist_ok=True)

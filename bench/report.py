@@ -11,10 +11,13 @@ import os
 import platform
 import subprocess
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._harness import ROOT, Spread, wrk_version
+from .hot_path import VARIANTS as HOT_PATH_VARIANTS
+from .hot_path import HotPath
 from .in_flight import InFlightFigures
 from .jobs import JobFigures
 from .stopping import EXIT_CASES, StopFigures
@@ -61,6 +64,7 @@ class Results:
     throughput_s: float = 3.0
     warmup_s: float = 1.0
     quick: bool = False
+    hot_path: HotPath | None = None
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -139,6 +143,7 @@ def summary_table(results: Results) -> str:
             f"{_signed(comparison.extra_cpu_us('middleware').median, 1)} µs "
             f"| {throughput_verdict(comparison)} |"
         )
+    rows.extend(_hot_path_rows(results.hot_path))
     stop = results.stopping
     for server in results.stop_servers:
         refused_bare = stop.refused_spread(server, False)
@@ -228,6 +233,30 @@ def summary_table(results: Results) -> str:
             f"| all, within the deadline: {_verdict(ok)} |"
         )
     return "\n".join(rows)
+
+
+HOT_PATH_LABELS = {
+    "aiohttp": ("aiohttp", "an empty middleware", "`graceful_middleware`"),
+    "asgi": ("ASGI", "an empty ASGI wrapper", "`GracefulLifespan`"),
+}
+
+
+def _hot_path_rows(hot_path: HotPath | None) -> list[str]:
+    if hot_path is None:
+        return []
+    rows = []
+    for family, (label, empty, ours) in HOT_PATH_LABELS.items():
+        if family not in hot_path.runs:
+            continue
+        rows.append(
+            f"| one request's path in process, {label}, the server taken out: ns per request "
+            f"| the app alone {hot_path.fastest(family, 'handler'):.0f} ns; behind {empty} "
+            f"{hot_path.fastest(family, 'empty'):.0f} ns "
+            f"| behind {ours} {hot_path.fastest(family, 'graceful'):.0f} ns: "
+            f"{_signed(hot_path.extra_ns(family), 0)} ns over {empty} "
+            f"| no target: the floor under the ratios above |"
+        )
+    return rows
 
 
 # -- the results file -----------------------------------------------------------------------
@@ -533,7 +562,42 @@ def results_markdown(results: Results) -> str:
             f"| {med(flight.spread(server, with_library, 'signal_to_exit_s'), 2, ' s')} |"
         )
     add("")
+
+    if results.hot_path is not None:
+        _hot_path_section(add, results.hot_path)
     return "\n".join(out)
+
+
+def _hot_path_section(add: Callable[[str], None], hot_path: HotPath) -> None:
+    add("## 6. One request's path in process, the server taken out")
+    add("")
+    add(
+        "Throughput on a shared machine moves by more than the library's whole cost per "
+        "request, so this times the request path itself. In a fresh interpreter on the "
+        "server's core, each request's coroutine is driven to its end by hand "
+        f"({_num(hot_path.calls, 0)} requests a repetition; nothing in the path waits): the app "
+        "alone, behind an empty middleware (aiohttp: called as aiohttp calls a middleware "
+        "chain; ASGI: a wrapper that only awaits the app), and behind graceful_web "
+        "(`graceful_middleware`; `GracefulLifespan` after its lifespan startup). The variants "
+        "alternate; each cell is the fastest repetition, the one least disturbed by the rest "
+        "of the machine, with the median and the slowest in brackets. graceful_web's cost while "
+        "serving is its difference from the empty middleware."
+    )
+    add("")
+    add(
+        "| | the app alone | behind an empty middleware | behind graceful_web "
+        "| graceful_web over the empty one |"
+    )
+    add("| --- | --- | --- | --- | --- |")
+    for family, (label, _empty, _ours) in HOT_PATH_LABELS.items():
+        if family not in hot_path.runs:
+            continue
+        cells = []
+        for variant in HOT_PATH_VARIANTS:
+            spread = hot_path.spread(family, variant)
+            cells.append(f"{spread.low:.0f} ns ({spread.median:.0f}, {spread.high:.0f})")
+        add(f"| {label} | {' | '.join(cells)} | {_signed(hot_path.extra_ns(family), 0)} ns |")
+    add("")
 
 
 def update_readme(table: str) -> bool:
