@@ -68,7 +68,7 @@ test-lowest:
 	PYTHON=$(PYTHON) bash .ci/test-lowest.sh
 
 # What graceful_web costs while serving and how fast it stops, side by side with the bare
-# servers (under ten minutes); writes bench/results.md and the table in README.md. Needs wrk.
+# servers (about ten minutes); writes bench/results.md and the table in README.md. Needs wrk.
 # BENCH_QUICK=1 make bench checks the bench itself in a minute and a half, writing neither.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): pyproject.toml | $(PY)

@@ -6,6 +6,7 @@ the bench runner can subtract them from its own readings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -46,6 +47,22 @@ class InFlight:
     def __init__(self) -> None:
         self.started = 0
         self.running = 0
+        self._all_started = asyncio.Event()
+
+    async def sleep(self, ms: int, after: int) -> None:
+        """One slow request: counted while it runs, it sleeps ``ms`` once ``after`` slow
+        requests have started, so on a slow machine the first ones are still in flight when
+        the last one starts (and the signal comes)."""
+        self.started += 1
+        self.running += 1
+        try:
+            if self.started >= after:
+                self._all_started.set()
+            else:
+                await self._all_started.wait()
+            await asyncio.sleep(ms / 1000)
+        finally:
+            self.running -= 1
 
     def as_json(self) -> str:
         # The server's own CPU time, read from outside around a load run: CPU per request is

@@ -1,8 +1,9 @@
 """The smallest aiohttp app the benchmarks need; ``GRACEFUL=0`` runs it without graceful_web.
 
-GET /fast, GET /work (1 ms of awaited work and a JSON body), GET /slow?ms=N, POST /jobs?ms=N
-(a protected job with the library, a bare task without), GET /stats (slow requests started /
-running), GET /healthz. HOST, PORT, DONE_FILE, GRACEFUL_DRAIN_TIMEOUT from the environment.
+GET /fast, GET /work (1 ms of awaited work and a JSON body), GET /slow?ms=N&after=K (sleeps N
+ms once K slow requests have started), POST /jobs?ms=N (a protected job with the library, a
+bare task without), GET /stats (slow requests started / running), GET /healthz. HOST, PORT,
+DONE_FILE, GRACEFUL_DRAIN_TIMEOUT from the environment.
 ``python -m bench.aiohttp_app uvloop`` runs it on uvloop's event loop.
 """
 
@@ -42,12 +43,8 @@ async def work(request: web.Request) -> web.Response:
 
 
 async def slow(request: web.Request) -> web.Response:
-    in_flight.started += 1
-    in_flight.running += 1
-    try:
-        await asyncio.sleep(int(request.query.get("ms", "1000")) / 1000)
-    finally:
-        in_flight.running -= 1
+    query = request.query
+    await in_flight.sleep(int(query.get("ms", "1000")), int(query.get("after", "0")))
     done.mark("request")
     return web.Response(text="slept\n")
 

@@ -1,7 +1,7 @@
 """The smallest Starlette app the benchmarks need, served by uvicorn or hypercorn;
 ``GRACEFUL=0`` serves it bare, otherwise it is wrapped in ``GracefulLifespan``.
 
-The same routes as bench/aiohttp_app.py: GET /fast, GET /work, GET /slow?ms=N,
+The same routes as bench/aiohttp_app.py: GET /fast, GET /work, GET /slow?ms=N&after=K,
 POST /jobs?ms=N, GET /stats, GET /healthz. DONE_FILE and GRACEFUL_DRAIN_TIMEOUT from the
 environment.
 """
@@ -41,12 +41,8 @@ async def work(request: Request) -> Response:
 
 
 async def slow(request: Request) -> Response:
-    in_flight.started += 1
-    in_flight.running += 1
-    try:
-        await asyncio.sleep(int(request.query_params.get("ms", "1000")) / 1000)
-    finally:
-        in_flight.running -= 1
+    query = request.query_params
+    await in_flight.sleep(int(query.get("ms", "1000")), int(query.get("after", "0")))
     done.mark("request")
     return PlainTextResponse("slept\n")
 

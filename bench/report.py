@@ -534,9 +534,11 @@ def results_markdown(results: Results) -> str:
     add("")
     add(
         "A client process opens one connection per request and sends `GET /slow` (the handler "
-        "sleeps 4 s; the servers run on asyncio's loop); once the server has started every "
-        "request it gets SIGTERM. The deadline is 30 s. The bare servers wait for requests in "
-        "flight by themselves too: aiohttp's `run_app` up to its `shutdown_timeout` (60 s), "
+        "sleeps 4 s from the moment the server has started every request, so all of them are "
+        "in flight however long the ramp-up takes; the servers run on asyncio's loop); once "
+        "the server has started every request it gets SIGTERM. The deadline is 30 s. The bare "
+        "servers wait for requests in flight by themselves too: aiohttp's `run_app` up to "
+        "its `shutdown_timeout` (60 s), "
         "uvicorn for as long as connections are open, after which it kills itself with the "
         "SIGTERM it captured (exit status -15 as the parent sees it). The file-descriptor "
         "limit is raised for the server and the "
