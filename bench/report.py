@@ -464,8 +464,9 @@ def results_markdown(results: Results) -> str:
     add("")
     add(
         "The app writes `time.monotonic()` when its last slow request (400 ms) or protected "
-        "job (400 ms) finishes; SIGTERM is sent while it runs. The runner notes when "
-        "`waitpid` returned. CLOCK_MONOTONIC is one clock for the whole machine, so the two "
+        "job (400 ms) finishes; SIGTERM is sent while it runs. The runner notes the moment "
+        "the process ended, woken by its pidfd (`Popen.wait` with a timeout would poll, "
+        "every 50 ms at the end). CLOCK_MONOTONIC is one clock for the whole machine, so the two "
         "subtract. The exit includes the server's own shutdown and the interpreter's. A bare "
         "server cancels a background task at the signal, so it has no job row."
     )

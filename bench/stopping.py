@@ -5,7 +5,8 @@
    runner notes the monotonic time just before ``os.kill`` and then tries ``connect()`` in a
    tight loop until one is refused.
 3. Last protected work done -> process exit. The app writes the monotonic time at which its
-   slow request (or protected job) finished; the runner notes when ``waitpid`` returned.
+   slow request (or protected job) finished; the runner notes the moment the process ended,
+   woken by its pidfd.
    CLOCK_MONOTONIC is one clock for the whole machine, so the two readings subtract.
 """
 
