@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import resource
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
@@ -336,3 +338,13 @@ def _wait_for_exit(pid: int, timeout: float) -> float | None:
         return time.monotonic() if readable else None
     finally:
         os.close(pidfd)
+
+
+def child_json(argv: Sequence[str], timeout: float) -> Any:
+    """Runs a measuring child (``python -m bench.X ...``) and reads the JSON of its last line."""
+    done = subprocess.run(
+        list(argv), cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[1:])} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

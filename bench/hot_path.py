@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ._harness import PY, ROOT, Spread, on_server_cpu
+from ._harness import PY, Spread, child_json, on_server_cpu
 
 CALLS = 200_000
 REPETITIONS = 7
@@ -184,17 +183,8 @@ class HotPath:
 
 
 def measure(calls: int = CALLS, repetitions: int = REPETITIONS) -> HotPath:
-    done = subprocess.run(
-        on_server_cpu([PY, "-m", "bench.hot_path", str(calls), str(repetitions)]),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.hot_path failed:\n{done.stderr}")
-    return HotPath(calls, json.loads(done.stdout.strip().splitlines()[-1]))
+    argv = on_server_cpu([PY, "-m", "bench.hot_path", str(calls), str(repetitions)])
+    return HotPath(calls, child_json(argv, timeout=300))
 
 
 def show(figures: HotPath) -> str:

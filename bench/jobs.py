@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._harness import PY, ROOT, Spread
+from ._harness import PY, Spread, child_json
 
 MODES = ("task", "kept", "spawn", "aiojobs")
 MEASURES = ("time", "time-nogc", "memory")
@@ -124,17 +123,7 @@ def child(mode: str, measure: str, n: int) -> dict[str, float]:
 
 
 def _run_child(mode: str, measure: str, n: int) -> dict[str, float]:
-    done = subprocess.run(
-        [PY, "-m", "bench.jobs", mode, measure, str(n)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.jobs {mode} {measure} failed:\n{done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return dict(child_json([PY, "-m", "bench.jobs", mode, measure, str(n)], timeout=120))
 
 
 @dataclass
