@@ -56,15 +56,14 @@ HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 
 class ProcessState:
     """What every request checks first, for the whole process: whether every drain is still
-    serving, and the readiness paths to look out for. A request that finds the process serving
-    and its path no readiness path needs nothing of its loop's drain; should that drain begin
-    while the request runs, it learns of it from the loop's tasks (``_census``)."""
+    serving. A request that finds the process serving needs nothing of its loop's drain;
+    should that drain begin while the request runs, it learns of it from the loop's tasks
+    (``_census``)."""
 
-    __slots__ = ("readiness_paths", "serving")
+    __slots__ = ("serving",)
 
     def __init__(self) -> None:
         self.serving = True  # False from the first drain that begins, for good
-        self.readiness_paths = frozenset(filter(None, [Config().readiness_path]))
 
 
 process = ProcessState()
@@ -112,8 +111,6 @@ class Drain:
     def configure(self, config: Config) -> None:
         self.config = config
         self.wired = True
-        if config.readiness_path is not None:
-            process.readiness_paths |= {config.readiness_path}
         # anyio imports its backend for this event loop at first use, which is begin() in the
         # signal handler: that import (15 ms and more) would hold back closing the listener.
         # Adapters configure at startup, on the loop: import it now. (Without a running loop

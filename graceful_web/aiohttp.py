@@ -87,6 +87,9 @@ def setup(
     readiness answering 503, before the listeners close. ``handle_signals=False`` leaves the
     signals to you: start the drain by calling ``runner.cleanup()``.
 
+    ``readiness_path`` (``None`` for none) becomes a route of ``app``, for any method: 200 while
+    serving, 503 from the moment the drain begins. The app must not have a route there already.
+
     While draining, a progress line is logged every ``progress_interval`` seconds (else
     ``GRACEFUL_PROGRESS_INTERVAL``, else 1; 0 turns it off). ``on_drain_started(reason)`` and
     ``on_drain_finished(report)``, plain or async, run as the drain starts and ends, each
@@ -107,10 +110,29 @@ def setup(
         on_drain_started=on_drain_started,
         on_drain_finished=on_drain_finished,
     )
+    if config.readiness_path is not None:
+        _add_readiness_route(app, config.readiness_path)
     app[_STATE] = _AppState(config=config, handle_signals=handle_signals)
     if graceful_middleware not in app.middlewares:
         app.middlewares.append(graceful_middleware)
     app.on_startup.append(_on_startup)
+
+
+def _add_readiness_route(app: web.Application, path: str) -> None:
+    # A route, not a check in the middleware: while serving, every other request then pays
+    # nothing for readiness. During the drain the middleware answers it before any handler.
+    for resource in app.router.resources():
+        if resource.canonical == path:
+            raise ValueError(
+                f"the app already has a route at {path!r}, where graceful_web answers "
+                f"readiness: pass readiness_path=None to keep yours (answer 503 while "
+                f"graceful_web.shutting_down()), or another path"
+            )
+    app.router.add_route("*", path, _readiness_route)
+
+
+async def _readiness_route(request: web.Request) -> web.Response:
+    return _readiness(current_drain())
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -224,10 +246,10 @@ class _GracefulMiddleware:
         return 1
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The router has already decoded ``rel_url.path_safe`` (``request.path`` would be
-        # decoded again, a third of this function's cost); the two differ only in ``%2F``.
-        if not process.serving or request.rel_url.path_safe in process.readiness_paths:
+        if not process.serving:
             drain = current_drain()
+            # The router has already decoded ``rel_url.path_safe`` (``request.path`` would be
+            # decoded again); the two differ only in ``%2F``.
             if request.rel_url.path_safe == drain.config.readiness_path:
                 return _readiness(drain)
             if drain.draining:

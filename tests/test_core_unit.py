@@ -167,6 +167,28 @@ async def test_in_process_app_answers_readiness(aiohttp_client: Any) -> None:
     assert await response.text() == "draining\n"
 
 
+def test_a_route_of_the_app_at_the_readiness_path_is_refused_at_setup() -> None:
+    async def mine(request: web.Request) -> web.Response:
+        return web.Response(text="mine")
+
+    app = web.Application()
+    app.router.add_get("/readyz", mine)
+    with pytest.raises(ValueError, match="already has a route at '/readyz'.*readiness_path=None"):
+        setup(app, handle_signals=False)
+
+
+async def test_without_a_readiness_path_the_app_keeps_its_own(aiohttp_client: Any) -> None:
+    async def mine(request: web.Request) -> web.Response:
+        return web.Response(text="mine")
+
+    app = web.Application()
+    app.router.add_get("/readyz", mine)
+    setup(app, handle_signals=False, readiness_path=None)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+    response = await client.get("/readyz")
+    assert (response.status, await response.text()) == (200, "mine")
+
+
 # -- platforms without loop.add_signal_handler (Windows) ----------------------------------
 
 
