@@ -248,9 +248,9 @@ class _GracefulMiddleware:
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not process.serving:
             drain = current_drain()
-            # The router has already decoded ``rel_url.path_safe`` (``request.path`` would be
-            # decoded again); the two differ only in ``%2F``.
-            if request.rel_url.path_safe == drain.config.readiness_path:
+            # Whatever the router took for the readiness route (a request to it goes no
+            # further, and is no work to drain).
+            if request.match_info.handler is _readiness_route:
                 return _readiness(drain)
             if drain.draining:
                 return await _served_during_the_drain(drain, request, handler)
