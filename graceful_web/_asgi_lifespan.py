@@ -21,6 +21,7 @@ from ._current import current_drain
 from ._drain import Drain
 from ._report import DrainReport
 from ._watchdog import exit_now
+from .durable import _journal as _durable
 
 logger = logging.getLogger("graceful_web")
 
@@ -77,6 +78,8 @@ class Lifespan:
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         drain = self.drain = current_drain()
         drain.configure(self.stop.config)
+        # Before the app serves: the store opens, and what others left behind starts running.
+        await _durable.start()
         self.on_startup()
         startup_failed = False
         shutdown_reply: Message | None = None
@@ -121,6 +124,7 @@ class Lifespan:
         self.shutdown_requested.set()
         drain.begin("shutdown")
         await self.drained.wait()
+        await _durable.stop()
         shutdown_reply = await self._shut_inner_down()
         self.stop.uninstall()
         self._exit_if_work_was_lost()

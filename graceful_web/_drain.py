@@ -89,6 +89,7 @@ class Drain:
         self.report: DrainReport | None = None
         self.work = Registry(self._follow_ups_welcome)
         self._abandoned: list[AbandonedWork] = []
+        self._handed_over: list[AbandonedWork] = []
         self._shutdown_waiters: list[Callable[[], None]] = []
         self._watchdog = Watchdog()
         self._beside = _hooks.Beside()
@@ -184,7 +185,9 @@ class Drain:
 
     def _abandon(self) -> None:
         if self.work.any_left:
-            self._abandoned.extend(self.work.abandon())
+            abandoned, handed_over = self.work.abandon()
+            self._abandoned.extend(abandoned)
+            self._handed_over.extend(handed_over)
 
     def _finish(self) -> DrainReport:
         if self.report is not None:
@@ -200,6 +203,7 @@ class Drain:
             abandoned=tuple(self._abandoned),
             duration=time.monotonic() - started,
             forced=self.forced,
+            handed_over=tuple(self._handed_over),
         )
         for listener in tuple(report_listeners):
             try:

@@ -23,7 +23,7 @@ import anyio
 
 from . import _census, _trio_jobs
 from ._jobs import Jobs
-from ._report import AbandonedWork, WorkKind, log_abandoned, log_job_failed
+from ._report import AbandonedWork, WorkKind, log_abandoned, log_handed_over, log_job_failed
 from ._requests import Requests
 from ._work import ShutdownInProgress, Work, inside_protected
 
@@ -53,6 +53,9 @@ class Registry:
         self.failed_jobs = 0
         self.refused_jobs = 0
         self._abandoned: set[Work] = set()
+        # Jobs whose cancellation hands their record over to a successor (durable jobs): at
+        # the deadline they are reported apart from the abandoned.
+        self.hands_over: set[asyncio.Task[Any]] = set()
         self._idle_waiters: list[Callable[[], None]] = []
 
     @property
@@ -240,6 +243,11 @@ class Registry:
     ) -> asyncio.Task[T]:
         """Start ``coro`` as a job on ``loop`` (else the running loop, else trio's)."""
         if type(coro) is not _Coroutine and not asyncio.iscoroutine(coro):
+            # A durable job's call (graceful_web.durable) records itself, then comes back
+            # here with the coroutine that runs it.
+            spawn_itself = getattr(coro, "__graceful_spawn__", None)
+            if spawn_itself is not None:
+                return spawn_itself(self, name)
             raise TypeError(
                 f"spawn() takes a coroutine, e.g. spawn(send_receipt(order_id)); got {coro!r}"
             )
@@ -298,9 +306,9 @@ class Registry:
     def any_abandoned(self) -> bool:
         return bool(self._abandoned or self._jobs.abandoned or self._requests.abandoned)
 
-    def abandon(self) -> list[AbandonedWork]:
+    def abandon(self) -> tuple[list[AbandonedWork], list[AbandonedWork]]:
         """Cancel every piece of work in flight and not yet abandoned, oldest first, and
-        say what was abandoned."""
+        say what was abandoned and what was handed over to a successor."""
         now = time.monotonic()
         left: list[tuple[float, WorkKind, str, Work | asyncio.Task[Any]]] = [
             (work.started, work.kind, work.name, work)
@@ -310,6 +318,7 @@ class Registry:
         left += [(started, "request", name, task) for started, name, task in self._requests.left()]
         left += [(started, "job", name, task) for started, name, task in self._jobs.left()]
         entries: list[AbandonedWork] = []
+        handed_over: list[AbandonedWork] = []
         for started, kind, name, what in sorted(left, key=lambda item: item[0]):
             future = what.future if isinstance(what, Work) else what
             if future is not None and future.done():
@@ -323,10 +332,14 @@ class Registry:
             else:
                 self._jobs.abandoned.add(what)
             entry = AbandonedWork(kind, name, now - started)
-            entries.append(entry)
-            log_abandoned(entry)
+            if what in self.hands_over:
+                handed_over.append(entry)
+                log_handed_over(entry)
+            else:
+                entries.append(entry)
+                log_abandoned(entry)
             what.cancel()
-        return entries
+        return entries, handed_over
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no protected work is left; False when the timeout came first."""

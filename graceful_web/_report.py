@@ -47,10 +47,14 @@ class DrainReport:
     abandoned: tuple[AbandonedWork, ...]
     duration: float  # seconds from the start of the drain to the end of waiting
     forced: bool
+    #: Durable jobs still running at the deadline, cancelled with their records left for a
+    #: successor: not lost, so they are no reason for a failing exit status.
+    handed_over: tuple[AbandonedWork, ...] = ()
 
     @property
     def exit_code(self) -> int:
-        """The process exit status this drain calls for: 0 when nothing was abandoned."""
+        """The process exit status this drain calls for: 0 when nothing was abandoned (work
+        handed over to a successor is not lost)."""
         if self.forced:
             forced = forced_exit_code(self.reason)
             if forced is not None:
@@ -128,6 +132,21 @@ def log_abandoned(work: AbandonedWork) -> None:
     )
 
 
+def log_handed_over(work: AbandonedWork) -> None:
+    logger.warning(
+        "handed over %s %r after %.1f s: its record stays for the next process",
+        work.kind,
+        work.name,
+        work.age,
+        extra={
+            "graceful_kind": work.kind,
+            "graceful_name": work.name,
+            "graceful_age_s": work.age,
+            "graceful_handed_over": True,
+        },
+    )
+
+
 def log_forced(reason: str, in_flight: int) -> None:
     logger.warning(
         "second signal (%s): cancelling %d pieces of protected work now", reason, in_flight
@@ -138,12 +157,13 @@ def log_finished(report: DrainReport) -> None:
     log = logger.warning if report.abandoned else logger.info
     log(
         "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
-        "refused %d jobs, abandoned %d",
+        "refused %d jobs, %sabandoned %d",
         report.duration * 1000,
         report.drained_requests,
         report.drained_jobs,
         report.failed_jobs,
         report.refused_jobs,
+        f"handed over {len(report.handed_over)}, " if report.handed_over else "",
         len(report.abandoned),
         extra={
             "graceful_duration_ms": round(report.duration * 1000, 1),
@@ -152,6 +172,7 @@ def log_finished(report: DrainReport) -> None:
             "graceful_failed_jobs": report.failed_jobs,
             "graceful_refused_jobs": report.refused_jobs,
             "graceful_abandoned": len(report.abandoned),
+            "graceful_handed_over": len(report.handed_over),
         },
     )
 

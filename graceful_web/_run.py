@@ -28,6 +28,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
+from .durable import _journal as _durable
 
 __all__ = ["run"]
 
@@ -149,6 +150,7 @@ class _Supervisor(Generic[T]):
         self._supervisor = asyncio.current_task()
         self._stopped = loop.create_future()
         self._note_follow_ups(loop, drain)
+        await _durable.start()
         self._main = loop.create_task(self._call_main(main), name="main")
         installed = _signals.install(loop, self.config.signals, self._on_signal)
         try:
@@ -161,6 +163,7 @@ class _Supervisor(Generic[T]):
                 )
             report = await drain.wait("shutdown")
             await self._wait_for_main(drain)
+            await _durable.stop()
         finally:
             if installed is not None:
                 installed.uninstall()

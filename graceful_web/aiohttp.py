@@ -30,6 +30,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
+from .durable import _journal as _durable
 
 __all__ = ["graceful_middleware", "setup"]
 
@@ -142,6 +143,11 @@ async def _on_startup(app: web.Application) -> None:
     state.drain = drain
     state.server_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    await _durable.start()
+    if _durable.active():
+        # A response the handler prepares itself (streamed) leaves before the middleware
+        # sees it: its jobs are recorded here, as its headers are about to go.
+        app.on_response_prepare.append(_records_before_headers)
     if state.handle_signals:
         # aiohttp (run_app, AppRunner(handle_signals=True)) and gunicorn's worker installed
         # their handlers before startup; ours replace them and call them when it is time.
@@ -195,6 +201,7 @@ async def _on_shutdown(app: web.Application) -> None:
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
+    await _durable.stop()
     await _close_idle_connections(state)
 
 
@@ -268,6 +275,8 @@ class _GracefulMiddleware:
         finally:
             if not process.serving:
                 request_done()
+        if _durable_state.unwritten:
+            response = await _once_recorded(request, response)
         if not process.serving and current_drain().draining:
             response.force_close()
         return response
@@ -294,8 +303,43 @@ async def _served_during_the_drain(
         inside_protected.reset(token)
         if entered:
             drain.exit_request(task)
+    if _durable_state.unwritten:
+        response = await _once_recorded(request, response)
     response.force_close()
     return response
+
+
+_durable_state = _durable.state
+_RECORDED = "graceful_web_recorded"
+
+
+async def _once_recorded(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The durable jobs spawned so far are recorded before the response leaves; when they could
+    not be, they were not accepted: 503 in place of the app's response."""
+    if response.prepared:
+        return response  # already gone (and checked as it went, by _records_before_headers)
+    try:
+        await _durable.recorded()
+    except Exception:
+        refusal = web.Response(status=503, text=_UNRECORDED, headers={"Retry-After": "1"})
+        return refusal
+    response[_RECORDED] = True
+    return response
+
+
+async def _records_before_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if _durable_state.unwritten and _RECORDED not in response:
+        try:
+            await _durable.recorded()
+        except Exception:
+            raise _unrecorded() from None
+
+
+_UNRECORDED = "the work this request started could not be recorded; try again\n"
+
+
+def _unrecorded() -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(text=_UNRECORDED, headers={"Retry-After": "1"})
 
 
 def _request_name(request: web.Request) -> str:

@@ -35,6 +35,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
+from .durable import _journal as _durable
 
 __all__ = ["GracefulLifespan"]
 
@@ -176,6 +177,8 @@ class GracefulLifespan:
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
 
         def send_closing_when_draining(message: Message) -> Awaitable[None]:
+            if _durable_state.unwritten:
+                return send_once_recorded(message)
             # Once draining, the connection must not be reused: the client's next request
             # goes to another instance instead of to a closing socket.
             if (
@@ -185,6 +188,15 @@ class GracefulLifespan:
             ):
                 message = _with_connection_close(message)
             return send(message)
+
+        async def send_once_recorded(message: Message) -> None:
+            nonlocal send
+            if message["type"] == "http.response.start" and not await _records_written(send):
+                send = _dropped  # the app's own response: it said "accepted", which it was not
+                return
+            if not process.serving and current_drain().draining:
+                message = _with_connection_close(message)
+            await send(message)
 
         try:
             # Starlette/FastAPI background tasks run inside this call, after the response:
@@ -201,8 +213,13 @@ class GracefulLifespan:
         connection), or under trio, whose tasks cannot be learnt later."""
 
         async def send_closing_when_draining(message: Message) -> None:
-            if message["type"] == "http.response.start" and drain.draining:
-                message = _with_connection_close(message)
+            nonlocal send
+            if message["type"] == "http.response.start":
+                if _durable_state.unwritten and not await _records_written(send):
+                    send = _dropped
+                    return
+                if drain.draining:
+                    message = _with_connection_close(message)
             await send(message)
 
         task = _current_asyncio_task()
@@ -286,6 +303,37 @@ def _request_name(scope: Scope) -> str:
 _monotonic = time.monotonic
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
 _census.watch(GracefulLifespan._served, "scope", _request_name)
+
+
+_durable_state = _durable.state
+
+_UNRECORDED = b"the work this request started could not be recorded; try again\n"
+
+
+async def _records_written(send: Send) -> bool:
+    """Before a response leaves: the durable jobs spawned so far are recorded. When they could
+    not be, they were not accepted: answer 503 in place of the app's response (False)."""
+    try:
+        await _durable.recorded()
+    except Exception:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_UNRECORDED)).encode()),
+                    (b"retry-after", b"1"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": _UNRECORDED})
+        return False
+    return True
+
+
+async def _dropped(message: Message) -> None:
+    pass
 
 
 def _with_connection_close(message: Message) -> Message:
