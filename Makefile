@@ -32,11 +32,14 @@ release-check: $(DOCS_STAMP)
 	$(PY) .ci/release_check.py
 
 # The whole suite with the test apps on asyncio, then every test whose services take their loop
-# from LOOP again on uvloop (the server and loop matrix and the soak name their loops).
+# from LOOP again on uvloop (the server and loop matrix and the soak name their loops). The tests
+# of durable jobs start real PostgreSQL and Redis servers: .ci/ensure_stores.sh installs them (as
+# root on Debian) when they are missing.
 UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
 	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py
 
 test: $(STAMP)
+	bash .ci/ensure_stores.sh
 	$(PY) -m ruff check graceful_web
 	$(PY) -m mypy --strict graceful_web
 	LOOP=asyncio $(PY) -m pytest -q tests

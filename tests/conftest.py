@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ._stores import PostgresServer, fresh_database, run_postgres, run_redis
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
 
@@ -185,3 +187,28 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     finally:
         for proc in started:
             stop(proc)
+
+
+# Real stores (tests/_stores.py): one PostgreSQL and one Redis server per session, on free ports
+# of 127.0.0.1, from the packages `make test` installs; missing ones fail the test, never skip.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server run by the postgres user; ``.url`` is its ``postgres`` database."""
+    with run_postgres(free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a database made for this test alone (test_<random>), dropped after it."""
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a redis-server that persists nothing."""
+    with run_redis(free_port()) as url:
+        yield url
