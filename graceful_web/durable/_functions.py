@@ -155,16 +155,12 @@ def job(
                 f"@durable.job(name='...')"
             )
         known = functions.get(stable)
-        if known is not None and known.function is not function:
-            same_place = (known.function.__module__, known.function.__qualname__) == (
-                function.__module__,
-                function.__qualname__,
+        # (A module imported twice, as __main__ and by its name, is the same job.)
+        if known is not None and _place(known.function) != _place(function):
+            raise ValueError(
+                f"two durable jobs are registered under {stable!r}: "
+                f"{known.function!r} and {function!r}; give one of them another name"
             )
-            if not same_place:  # a module imported again (e.g. as __main__) is the same job
-                raise ValueError(
-                    f"two durable jobs are registered under {stable!r}: "
-                    f"{known.function!r} and {function!r}; give one of them another name"
-                )
         durable = DurableFunction(function, stable, max_attempts)
         functions[stable] = durable
         return durable
@@ -172,3 +168,10 @@ def job(
     if function is not None:
         return register(function)
     return register
+
+
+def _place(function: Callable[..., Any]) -> tuple[str, str, int]:
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return (function.__qualname__, "", 0)
+    return (function.__qualname__, code.co_filename, code.co_firstlineno)
