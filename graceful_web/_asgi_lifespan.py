@@ -79,7 +79,13 @@ class Lifespan:
         drain = self.drain = current_drain()
         drain.configure(self.stop.config)
         # Before the app serves: the store opens, and what others left behind starts running.
-        await _durable.start()
+        try:
+            await _durable.start()
+        except Exception as exc:
+            # A store that can never work (a damaged file): the server must not start.
+            logger.error("%s", exc)
+            await self.send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
         self.on_startup()
         startup_failed = False
         shutdown_reply: Message | None = None

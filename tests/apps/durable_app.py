@@ -51,6 +51,14 @@ def _stats() -> dict[str, int]:
     return {"jobs": drain.jobs_in_flight, "pid": os.getpid()}
 
 
+async def _dead() -> list[dict[str, object]]:
+    return [
+        {"id": job.id, "name": job.name, "args": job.args, "failures": job.failures,
+         "error": job.error}
+        for job in await durable.dead_jobs()
+    ]
+
+
 def asgi_app() -> object:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -70,6 +78,9 @@ def asgi_app() -> object:
     async def stats(request: Request) -> Response:
         return JSONResponse(_stats())
 
+    async def dead(request: Request) -> Response:
+        return JSONResponse(await _dead())
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -77,6 +88,7 @@ def asgi_app() -> object:
         routes=[
             Route("/jobs", jobs, methods=["POST"]),
             Route("/_stats", stats),
+            Route("/dead", dead),
             Route("/healthz", healthz),
         ]
     )
@@ -96,12 +108,16 @@ def aiohttp_app() -> object:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(_stats())
 
+    async def dead(request: web.Request) -> web.Response:
+        return web.json_response(await _dead())
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     app = web.Application()
     app.router.add_post("/jobs", jobs)
     app.router.add_get("/_stats", stats)
+    app.router.add_get("/dead", dead)
     app.router.add_get("/healthz", healthz)
     graceful_web.aiohttp.setup(app)
     return app
