@@ -178,7 +178,7 @@ class GracefulLifespan:
 
         def send_closing_when_draining(message: Message) -> Awaitable[None]:
             if _durable_state.unwritten:
-                return send_once_recorded(message)
+                return _send_once_recorded(send, message)
             # Once draining, the connection must not be reused: the client's next request
             # goes to another instance instead of to a closing socket.
             if (
@@ -189,19 +189,12 @@ class GracefulLifespan:
                 message = _with_connection_close(message)
             return send(message)
 
-        async def send_once_recorded(message: Message) -> None:
-            nonlocal send
-            if message["type"] == "http.response.start" and not await _records_written(send):
-                send = _dropped  # the app's own response: it said "accepted", which it was not
-                return
-            if not process.serving and current_drain().draining:
-                message = _with_connection_close(message)
-            await send(message)
-
         try:
             # Starlette/FastAPI background tasks run inside this call, after the response:
             # they are protected for as long as the request is.
             await self.app(scope, receive, send_closing_when_draining)
+        except _Unrecorded:
+            pass  # answered 503 in place of the app's response
         finally:
             if not process.serving:
                 request_done()
@@ -213,11 +206,9 @@ class GracefulLifespan:
         connection), or under trio, whose tasks cannot be learnt later."""
 
         async def send_closing_when_draining(message: Message) -> None:
-            nonlocal send
             if message["type"] == "http.response.start":
                 if _durable_state.unwritten and not await _records_written(send):
-                    send = _dropped
-                    return
+                    raise _Unrecorded
                 if drain.draining:
                     message = _with_connection_close(message)
             await send(message)
@@ -230,6 +221,8 @@ class GracefulLifespan:
                 token = inside_protected.set(True)
                 try:
                     await self.app(scope, receive, send_closing_when_draining)
+                except _Unrecorded:
+                    pass  # answered 503 in place of the app's response
                 finally:
                     inside_protected.reset(token)
                     drain.discard(work)
@@ -238,6 +231,8 @@ class GracefulLifespan:
         token = inside_protected.set(True)
         try:
             await self.app(scope, receive, send_closing_when_draining)
+        except _Unrecorded:
+            pass  # answered 503 in place of the app's response
         finally:
             inside_protected.reset(token)
             if entered:
@@ -332,8 +327,18 @@ async def _records_written(send: Send) -> bool:
     return True
 
 
-async def _dropped(message: Message) -> None:
-    pass
+class _Unrecorded(Exception):
+    """The jobs a request spawned could not be recorded: 503 went out in place of the app's
+    response, and the app's own response stops here."""
+
+
+async def _send_once_recorded(send: Send, message: Message) -> None:
+    if message["type"] == "http.response.start":
+        if not await _records_written(send):
+            raise _Unrecorded
+        if not process.serving and current_drain().draining:
+            message = _with_connection_close(message)
+    await send(message)
 
 
 def _with_connection_close(message: Message) -> Message:
