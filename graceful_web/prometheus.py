@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from . import _current, _drain
 from ._drain import Drain, Phase
 from ._report import DrainReport
+from .durable import _journal as _durable
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -135,6 +136,18 @@ class DrainCollector(Collector):
             "Jobs refused with ShutdownInProgress because the drain had started.",
             value=refused,
         )
+        durable_family = CounterMetricFamily(
+            "graceful_durable_jobs",
+            "Durable jobs of this process by what befell them: recorded, refused (the store "
+            "could not record them: answered 503), completed, failed (an attempt raised), dead "
+            "(out of attempts: kept, never run again), handed_over (cancelled at the deadline, "
+            "left for a successor), recovered (claimed from the store: retries, or left by "
+            "other processes).",
+            labels=["outcome"],
+        )
+        for outcome, count in tuple(_durable.counts.items()):
+            durable_family.add_metric([outcome], count)
+        yield durable_family
 
 
 def _bound(bound: float) -> str:

@@ -142,3 +142,55 @@ async def test_a_store_in_a_missing_folder_refuses_the_job_when_recorded(
     await task
     assert ran == []  # not recorded, so not accepted: never run
     await _journal.stop()
+
+
+@durable.job(name="unit.fails", max_attempts=1)
+async def fails() -> None:
+    raise RuntimeError("on purpose")
+
+
+async def test_prometheus_counts_durable_jobs_by_outcome(store: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import graceful_web.prometheus
+
+    def count(outcome: str) -> float:
+        text = generate_latest(registry).decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "graceful_durable_jobs_total" and sample.labels == {
+                    "outcome": outcome
+                }:
+                    return sample.value
+        raise AssertionError(f"no graceful_durable_jobs_total{{outcome={outcome!r}}}")
+
+    registry = CollectorRegistry()
+    graceful_web.prometheus.register(registry)
+    before = {outcome: count(outcome) for outcome in ("recorded", "completed", "dead")}
+    done = graceful_web.spawn(note("m"))
+    failed = graceful_web.spawn(fails())
+    await asyncio.wait([done, failed])
+    for _ in range(100):
+        if count("completed") > before["completed"]:
+            break
+        await asyncio.sleep(0.02)
+    assert count("recorded") == before["recorded"] + 2
+    assert count("completed") == before["completed"] + 1
+    assert count("dead") == before["dead"] + 1
+    assert [job.name for job in await durable.dead_jobs()] == ["unit.fails"]
+    await _journal.stop()
+
+
+def test_importing_the_adapters_imports_no_store_driver() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, graceful_web, graceful_web.aiohttp, graceful_web.asgi; "
+        "print(sorted(m for m in ('asyncpg', 'sqlite3') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
