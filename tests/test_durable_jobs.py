@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ import pytest
 
 from graceful_web.durable._sqlite import SCHEMA
 
+from ._stores import PostgresServer
 from .conftest import Server, StartServer, free_port, wait_until
 
 LOOP = os.environ.get("LOOP", "asyncio")
@@ -263,3 +265,34 @@ def test_a_job_whose_function_this_release_lacks_waits_and_is_named_at_startup(
     with sqlite3.connect(path) as connection:
         rows = connection.execute("SELECT state, owner FROM graceful_jobs").fetchall()
     assert rows == [("ready", None)]
+
+
+def test_the_store_gone_when_a_job_completes_is_retried_and_the_job_kept(
+    start_server: StartServer, tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    env = durable_env(tmp_path, GRACEFUL_DURABLE_URL=postgres_url)
+    jobs_file = Path(env["JOBS_FILE"])
+    server = start(start_server, "uvicorn", env, "server")
+    assert post_jobs(server.url, ["survivor"], ms=1500) == {"survivor": 202}
+    wait_until(lambda: "survivor" in started(jobs_file), 10, "the job to start")
+    # The store goes away while the job runs: no new connection, every open one cut.
+    postgres_server.sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+    postgres_server.sql(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    )
+    try:
+        wait_until(lambda: "survivor" in ended(jobs_file), 10, "the job to end")
+        server.wait_for_log("could not forget finished durable jobs")
+        assert "survivor" in ended(jobs_file)
+    finally:
+        postgres_server.sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    server.wait_for_log("the durable job store answers again")
+
+    def records() -> str:
+        command = [str(postgres_server.bin_dir / "psql"), "-X", "-qAt", "-d", postgres_url, "-c",
+                   "SELECT count(*) FROM graceful_jobs"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+
+    wait_until(lambda: records().strip() == "0", 10, "the finished job's record to go")
+    assert [run.attempt for run in starts_by_id(jobs_file)["survivor"]] == [1]
