@@ -262,9 +262,14 @@ def test_a_job_whose_function_this_release_lacks_waits_and_is_named_at_startup(
     # Polled several times since, and still there for a process that has the function.
     assert post_jobs(server.url, ["other"], ms=0) == {"other": 202}
     wait_until(lambda: "other" in ended(Path(env["JOBS_FILE"])), 10, "a job that can run")
-    with sqlite3.connect(path) as connection:
-        rows = connection.execute("SELECT state, owner FROM graceful_jobs").fetchall()
-    assert rows == [("ready", None)]
+
+    def rows() -> list[tuple[str, str, str | None]]:
+        with sqlite3.connect(path) as connection:
+            query = "SELECT id, state, owner FROM graceful_jobs"
+            return connection.execute(query).fetchall()
+
+    wait_until(lambda: len(rows()) == 1, 10, "the finished job's record to go")
+    assert rows() == [("renamed1", "ready", None)]
 
 
 def test_the_store_gone_when_a_job_completes_is_retried_and_the_job_kept(

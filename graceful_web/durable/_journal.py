@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("graceful_web")
 
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
+
 T = TypeVar("T")
 
 #: How long a cancelled job's hand-over may take: well inside the drain's grace after the
@@ -86,7 +88,12 @@ def journal_for(loop: asyncio.AbstractEventLoop) -> Journal:
 def spawn(registry: Registry, call: DurableCall[Any], name: str | None) -> asyncio.Task[None]:
     """Record ``call`` (written before the response that accepted it leaves) and run it as a
     protected job whose cancellation at the deadline hands it over."""
-    loop = asyncio.get_running_loop()
+    loop = _running_loop()
+    if loop is None:
+        raise RuntimeError(
+            "durable jobs need an asyncio event loop (asyncio or uvloop): spawn them from a "
+            "request handler or a coroutine, not under trio"
+        )
     journal = journal_for(loop)
     settings = journal.settings
     record = NewRecord(
@@ -100,6 +107,8 @@ def spawn(registry: Registry, call: DurableCall[Any], name: str | None) -> async
         journal.run_new(record, call, written), name=name or record.name, loop=loop
     )
     written.append(journal.record(record))
+    if journal.recovery is None:
+        journal.start_recovery()  # spawned before any adapter's startup: keep the lease alive
     registry.hands_over.add(task)
     task.add_done_callback(registry.hands_over.discard)
     return task
@@ -108,7 +117,8 @@ def spawn(registry: Registry, call: DurableCall[Any], name: str | None) -> async
 async def recorded() -> None:
     """Wait until every durable job spawned so far on this loop is recorded; raises
     ``StoreUnavailable`` when their write failed (they were not accepted and will not run)."""
-    journal = journals.get(asyncio.get_running_loop())
+    loop = _running_loop()
+    journal = None if loop is None else journals.get(loop)
     if journal is not None:
         await journal.barrier()
 
@@ -118,14 +128,20 @@ async def start() -> None:
     run what others handed over or left behind. Nothing at all without durable jobs."""
     if not active():
         return
-    journal = journal_for(asyncio.get_running_loop())
-    await journal.start()
+    loop = _running_loop()
+    if loop is None:
+        logger.warning(
+            "durable jobs need an asyncio event loop (asyncio or uvloop), and this server runs "
+            "trio: none will be recovered or accepted here"
+        )
+        return
+    await journal_for(loop).start()
 
 
 async def stop() -> None:
     """After the drain: give up the lease and close the store."""
-    loop = asyncio.get_running_loop()
-    journal = journals.get(loop)
+    loop = _running_loop()
+    journal = None if loop is None else journals.get(loop)
     if journal is not None:
         await journal.stop()
 
@@ -201,7 +217,8 @@ class Journal:
         self._inserts: _Batches[NewRecord] = _Batches(loop, self._insert, self._context)
         self._completions: _Batches[str] = _Batches(loop, self._complete, self._context)
         self._opened: asyncio.Future[None] | None = None
-        self._recovery: asyncio.Task[None] | None = None
+        self._leased = False  # this process's lease is in the store
+        self.recovery: asyncio.Task[None] | None = None
         self._store_down = False
 
     # -- the store -----------------------------------------------------------------------
@@ -226,6 +243,10 @@ class Journal:
     async def _insert(self, records: list[NewRecord]) -> None:
         try:
             await self.open()
+            if not self._leased:
+                # Owned by a process with no lease, a record would look abandoned at once.
+                await self.store.heartbeat(self.owner, self.settings.lease)
+                self._leased = True
             await self.store.insert(self.owner, records)
         except Exception as exc:
             counts["refused"] += len(records)
@@ -338,6 +359,7 @@ class Journal:
         try:
             await self.open()
             await self.store.heartbeat(self.owner, self.settings.lease)
+            self._leased = True
             unknown = await self.store.waiting_unknown(list(functions))
         except StoreCorrupt:
             raise
@@ -357,13 +379,16 @@ class Journal:
                     name,
                     name,
                 )
-        if self._recovery is None:
-            self._recovery = self.loop.create_task(
+        self.start_recovery()
+
+    def start_recovery(self) -> None:
+        if self.recovery is None:
+            self.recovery = self.loop.create_task(
                 self._recover(), name="graceful_web durable recovery", context=self._context
             )
 
     async def stop(self) -> None:
-        recovery, self._recovery = self._recovery, None
+        recovery, self.recovery = self.recovery, None
         if recovery is not None:
             recovery.cancel()
             await asyncio.wait([recovery], timeout=1)
@@ -386,6 +411,7 @@ class Journal:
                 try:
                     await self.open()
                     await self.store.heartbeat(self.owner, settings.lease)
+                    self._leased = True
                     next_beat = self.loop.time() + settings.lease / 3
                 except StoreUnavailable as exc:
                     logger.warning("could not renew the durable lease (%s): trying again", exc)
