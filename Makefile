@@ -71,8 +71,11 @@ test-lowest:
 	PYTHON=$(PYTHON) bash .ci/test-lowest.sh
 
 # What graceful_web costs while serving and how fast it stops, side by side with the bare
-# servers (about ten minutes); writes bench/results.md and the table in README.md. Needs wrk.
-# BENCH_QUICK=1 make bench checks the bench itself in a minute and a half, writing neither.
+# servers, and what a durable job costs beside DBOS and arq (about twelve minutes); writes
+# bench/results.md and the table in README.md. Needs wrk, and PostgreSQL and Redis (installed
+# by .ci/ensure_stores.sh; the bench starts its own servers on 127.0.0.1).
+# BENCH_QUICK=1 make bench checks the bench itself in about three minutes, writing neither.
+# $(PY) -m bench durable measures the durable jobs alone and writes their section of results.md.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
@@ -80,6 +83,7 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 
 bench: $(STAMP) $(BENCH_STAMP)
 	bash bench/install_wrk.sh
+	bash .ci/ensure_stores.sh
 	$(PY) -m bench
 
 # Every server on every event loop, drained under SIGTERM; writes the README's server table.

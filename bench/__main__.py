@@ -1,9 +1,14 @@
 """``python -m bench`` (``make bench``): every figure, side by side, then bench/results.md and
-the table in README.md. Bounded in time: under ten minutes on two cores.
+the table in README.md. Bounded in time: about twelve minutes on two cores.
 
 ``BENCH_QUICK=1`` (or ``python -m bench --quick``) runs every figure once, short and small,
-to check the bench itself in about a minute and a half; it writes bench/.out/results-quick.md
+to check the bench itself in about two minutes; it writes bench/.out/results-quick.md
 and leaves bench/results.md and README.md alone.
+
+``python -m bench durable`` measures figure 7 (durable jobs) by itself, in about two minutes,
+and writes its section into bench/results.md in place of the one there (the summary table and
+README.md are left to a whole run); with ``--quick`` (or ``BENCH_QUICK=1``) once and small,
+printed and written to bench/.out/durable-quick.md only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import hot_path, in_flight, jobs, report, stopping, throughput
+from . import durable_jobs, hot_path, in_flight, jobs, report, stopping, throughput
 from ._harness import ROOT, pin_cpus, raise_open_files
 
 #: A B pairs per figure: enough for a median and a range, few enough for the time budget.
@@ -25,6 +30,7 @@ THROUGHPUT_ROUNDS = 5
 STOP_PAIRS = 4
 JOB_PAIRS = 3
 IN_FLIGHT_PAIRS = 3
+DURABLE_RUNS = 3
 
 #: The throughput rows: server (and event loop), request. ``/fast`` is the worst case, the
 #: library's microseconds and nothing else; ``/work`` a realistic handler (1 ms of awaited
@@ -55,6 +61,9 @@ class Plan:
     in_flight_pairs: int = IN_FLIGHT_PAIRS
     requests: int = in_flight.REQUESTS
     hot_path_calls: int = hot_path.CALLS
+    durable_runs: int = DURABLE_RUNS
+    durable_n: int = durable_jobs.JOBS
+    durable_samples: int = durable_jobs.SAMPLES
     quick: bool = False
 
 
@@ -69,6 +78,9 @@ QUICK = Plan(
     in_flight_pairs=1,
     requests=2_000,
     hot_path_calls=20_000,
+    durable_runs=1,
+    durable_n=200,
+    durable_samples=50,
     quick=True,
 )
 
@@ -96,14 +108,53 @@ def write_report(results: report.Results) -> None:
         _say("README.md has no bench markers: its table was left alone")
 
 
+def measure_durable(plan: Plan) -> durable_jobs.DurableFigures:
+    _say(
+        f"7. durable jobs: {plan.durable_n} at once, {plan.durable_samples} one at a time; "
+        f"{plan.durable_runs} runs of each row"
+    )
+    figures = durable_jobs.measure(plan.durable_runs, plan.durable_n, plan.durable_samples)
+    _say(durable_jobs.show(figures))
+    return figures
+
+
+def durable_alone(quick: bool) -> int:
+    """``python -m bench durable``: figure 7 by itself, spliced into bench/results.md."""
+    plan = QUICK if quick else Plan()
+    load_before = os.getloadavg()
+    pinning = pin_cpus()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = "bench durable (quick)" if quick else "bench durable"
+    _say(f"{title}: {pinning}; load average {load_before[0]:.2f}")
+    figures = measure_durable(plan)
+    load_after = os.getloadavg()
+    figures.measured_alone = (
+        f"{date}, commit {report._git_commit()}; {pinning}; load average (1 min) before "
+        f"{load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
+    section = report.durable_section(figures)
+    if quick:
+        out = ROOT / "bench" / ".out" / "durable-quick.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(section) + "\n")
+        _say(f"quick run: wrote {out.relative_to(ROOT)}; results.md alone")
+        return 0
+    text = report.RESULTS.read_text() if report.RESULTS.exists() else ""
+    report.RESULTS.write_text(report.splice_durable_section(text, section))
+    _say(f"wrote section 7 of {report.RESULTS.relative_to(ROOT)}")
+    return 0
+
+
 def main() -> int:
     args = sys.argv[1:]
     if args == ["--report"]:
         write_report(pickle.loads(SAVED.read_bytes()))
         return 0
-    quick = args == ["--quick"] or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    quick = "--quick" in args or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    if args and args[0] == "durable" and set(args[1:]) <= {"--quick"}:
+        return durable_alone(quick)
     if args and args != ["--quick"]:
-        _say("usage: python -m bench [--quick | --report]")
+        _say("usage: python -m bench [--quick | --report | durable [--quick]]")
         return 2
     plan = QUICK if quick else Plan()
     if shutil.which("wrk") is None:
@@ -145,6 +196,8 @@ def main() -> int:
     request_path = hot_path.measure(plan.hot_path_calls)
     _say(hot_path.show(request_path))
 
+    durable = measure_durable(plan)
+
     results = report.Results(
         date=date,
         wall_s=time.monotonic() - began,
@@ -161,6 +214,7 @@ def main() -> int:
         warmup_s=plan.warmup_s,
         quick=quick,
         hot_path=request_path,
+        durable=durable,
     )
     if not quick:
         SAVED.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._harness import ROOT, Spread, wrk_version
+from .durable_jobs import LABELS as DURABLE_LABELS
+from .durable_jobs import DurableFigures
 from .hot_path import VARIANTS as HOT_PATH_VARIANTS
 from .hot_path import HotPath
 from .in_flight import InFlightFigures
@@ -65,6 +67,7 @@ class Results:
     warmup_s: float = 1.0
     quick: bool = False
     hot_path: HotPath | None = None
+    durable: DurableFigures | None = None
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -225,6 +228,7 @@ def summary_table(results: Results) -> str:
             f"`spawn` {spawn_life:.1f} µs "
             f"| not a target: the peer people use |"
         )
+    rows.extend(_durable_summary_rows(results.durable))
     flight = results.in_flight
     for (server, with_library), runs in flight.runs.items():
         if not with_library:
@@ -591,6 +595,8 @@ def results_markdown(results: Results) -> str:
 
     if results.hot_path is not None:
         _hot_path_section(add, results.hot_path)
+    if results.durable is not None:
+        out.extend(durable_section(results.durable))
     return "\n".join(out)
 
 
@@ -624,6 +630,194 @@ def _hot_path_section(add: Callable[[str], None], hot_path: HotPath) -> None:
             cells.append(f"{spread.low:.0f} ns ({spread.median:.0f}, {spread.high:.0f})")
         add(f"| {label} | {' | '.join(cells)} | {_signed(hot_path.extra_ns(family), 0)} ns |")
     add("")
+
+
+# -- figure 7: durable jobs -----------------------------------------------------------------
+
+DURABLE_HEADING = "## 7. Durable jobs"
+
+
+def _ms(spread: Spread | None) -> str:
+    return "n/a" if spread is None else f"{spread.median / 1000:.2f}"
+
+
+def _durable_summary_rows(figures: DurableFigures | None) -> list[str]:
+    if figures is None:
+        return []
+    graceful = [("graceful", "sqlite"), ("graceful", "postgres")]
+    dbos = [("dbos", "sqlite"), ("dbos", "postgres")]
+    arq = ("arq", "redis")
+    if not all(figures.measured(row) for row in (*graceful, *dbos)):
+        return []  # a row missing or failed: section 7 says which
+
+    def pair(rows: list[tuple[str, str]], key: str, per_job: bool = False) -> str:
+        values = [
+            figures.per_job_us(row, key) if per_job else figures.spread(row, key) for row in rows
+        ]
+        if per_job:
+            return " / ".join(f"{v.median:.0f}" if v else "n/a" for v in values) + " µs"
+        return " / ".join(_ms(v) for v in values) + " ms"
+
+    arq_one = f"; arq `enqueue_job` (Redis, in memory) {_ms(figures.spread(arq, 'one_us'))} ms"
+    arq_burst = figures.per_job_us(arq)
+    arq_each = f"; arq {arq_burst.median:.0f} µs" if arq_burst else ""
+    return [
+        f"| one durable job per request, recorded before the response: the request's wait "
+        f"from the start call to the record (median), SQLite / PostgreSQL "
+        f"| DBOS `start_workflow_async` {pair(dbos, 'one_us')}"
+        f"{arq_one if figures.measured(arq) else ''} "
+        f"| `spawn` + `await durable.recorded()` {pair(graceful, 'one_us')} "
+        f"| no target: the peers on the same stores |",
+        f"| {_num(figures.n, 0)} durable jobs from one process, until all are recorded: "
+        f"per job, SQLite / PostgreSQL "
+        f"| DBOS, {figures.in_flight} in flight: {pair(dbos, 'burst_s', True)}"
+        f"{arq_each if figures.measured(arq) else ''} "
+        f"| {_num(figures.n, 0)} spawns, one `recorded()`: {pair(graceful, 'burst_s', True)}; "
+        f"as {figures.in_flight} requests at a time: {pair(graceful, 'requests_s', True)} "
+        f"| no target |",
+    ]
+
+
+def durable_section(figures: DurableFigures) -> list[str]:
+    """Section 7 of bench/results.md, lines without the trailing newline."""
+    out: list[str] = []
+    add = out.append
+    add(f"{DURABLE_HEADING}: recorded in SQLite and PostgreSQL, beside DBOS and arq")
+    add("")
+    if figures.measured_alone:
+        add(f"*Measured by itself* (`python -m bench durable`): {figures.measured_alone}.")
+        add("")
+    versions = figures.versions
+    add(
+        f"Versions: DBOS {versions.get('dbos', '?')}, arq {versions.get('arq', '?')} (redis-py "
+        f"{versions.get('redis (client)', '?')}), asyncpg {versions.get('asyncpg', '?')}; "
+        f"{versions.get('postgres', '?')}; {versions.get('redis-server', '?')}; SQLite "
+        f"{versions.get('sqlite', '?')}."
+    )
+    add("")
+    add(
+        "What a job costs to record, from the process that starts it. Every row is a fresh "
+        "interpreter on the server's core, the stores on the other; the rows alternate run by "
+        "run and each run has a store of its own (a new SQLite file in a temporary directory "
+        "on the same disk, a new PostgreSQL database). PostgreSQL and Redis are started by "
+        "the bench on 127.0.0.1 and stopped by their PIDs at the end: PostgreSQL with its "
+        "defaults, so each commit is flushed to disk; Redis with `--save ''` and no "
+        "append-only file, so arq's jobs are held in memory only, which no other row "
+        "allows itself. graceful_web writes SQLite in WAL mode with `synchronous=FULL`, DBOS "
+        "with SQLite's rollback journal; both flush every commit. The job does nothing: the "
+        "figures are the recording. graceful_web and DBOS run the job in the same process "
+        "(DBOS starts the workflow on the caller's loop once its row is written); arq only "
+        "queues it for a worker, and no worker runs."
+    )
+    add("")
+    add(
+        f"- *{_num(figures.n, 0)} jobs at once*: wall time from the first start until every "
+        "job is recorded, per job, and the jobs per second that makes. graceful_web: "
+        f"{_num(figures.n, 0)} `spawn` calls, then one `await durable.recorded()`: the calls "
+        "of one turn of the loop share one write. DBOS and arq have no call that records "
+        f"many jobs at once: {figures.in_flight} starts in flight at a time, each awaited "
+        "(`DBOS.start_workflow_async` returns once the workflow's row is written, "
+        "`enqueue_job` once Redis holds the job)."
+    )
+    add(
+        f"- *as {figures.in_flight} requests*: the same number of jobs started by "
+        f"{figures.in_flight} concurrent requests, each starting one job and awaiting its "
+        "own record before it answers (graceful_web: `spawn` then `await "
+        "durable.recorded()`, as the adapters do before the response leaves). For DBOS and "
+        "arq this is the run above."
+    )
+    add(
+        "- *one request*: one job at a time, 2 ms idle between them, "
+        f"{_num(figures.samples, 0)} a run: the time from the start call until the job is "
+        "recorded, which is what the job adds to the response that starts it; the median "
+        "and the 90th percentile of each run. *Added* is that median minus plain `spawn`'s "
+        "(not durable) in the same round."
+    )
+    add(
+        "- *CPU*: this process's CPU time over the jobs at once, per job (the stores' own "
+        "work is not in it; DBOS's includes its threads)."
+    )
+    add(
+        "- *all ran*: for the rows that run the jobs in this process, the wall time from "
+        "the first start until every job's body has run, per job."
+    )
+    add("")
+    add(
+        f"| | {_num(figures.n, 0)} jobs at once: µs per job | jobs per second "
+        f"| as {figures.in_flight} requests: µs per job | one request: median, ms "
+        "| one request: 90th percentile, ms | added to one request over `spawn`, ms "
+        "| CPU µs per job | all ran: µs per job |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in figures.rows:
+        label = DURABLE_LABELS.get(row, f"{row[0]}, {row[1]}")
+        if row in figures.not_measured:
+            add(f"| {label} | not measured: {figures.not_measured[row]} |||||||")
+            continue
+        if row in figures.failed:
+            reason = figures.failed[row].splitlines()[-1].replace("|", "\\|")
+            add(f"| {label} | **failed**: {reason} |||||||")
+            continue
+        if not figures.measured(row):
+            continue
+        requests = figures.per_job_us(row, "requests_s")
+        ran = figures.per_job_us(row, "ran_s")
+        one = figures.spread(row, "one_us")
+        p90 = figures.spread(row, "one_p90_us")
+        added = figures.added_us(row) if row[0] != "spawn" else None
+        cpu = figures.per_job_us(row, "burst_cpu_s")
+        added_cell = "the reference" if row[0] == "spawn" else _scaled(added, 1000, 3)
+        add(
+            f"| {label} | {med(figures.per_job_us(row), 1)} | {med(figures.per_second(row), 0)} "
+            f"| {med(requests, 1) if requests else 'the run at once'} "
+            f"| {_scaled(one, 1000, 3)} | {_scaled(p90, 1000, 3)} "
+            f"| {added_cell} "
+            f"| {med(cpu, 1)} "
+            f"| {med(ran, 1) if ran else 'not run here (no worker)'} |"
+        )
+    add("")
+    bounds = []
+    for row in figures.rows:
+        one = figures.spread(row, "one_us")
+        if row[0] != "spawn" and one is not None and one.median > 0:
+            label = DURABLE_LABELS.get(row, f"{row[0]}, {row[1]}").split(" (")[0]
+            bounds.append(f"{label} {_num(1e6 / one.median, 0)}")
+    if bounds:
+        add(
+            "One job at a time, each awaited, a loop is bounded by the one-request median: "
+            f"jobs per second, {'; '.join(bounds)}. Where that is more than the jobs per "
+            f"second above, {figures.in_flight} starts in flight cost the peer more than they "
+            "gain (its writes wait for each other)."
+        )
+        add("")
+    runs = sorted({len(runs) for runs in figures.runs.values()})
+    add(f"Runs per row: {', '.join(str(count) for count in runs) or '0'}.")
+    add("")
+    return out
+
+
+def _scaled(spread: Spread | None, divisor: float, digits: int) -> str:
+    if spread is None:
+        return "n/a"
+    return med(
+        Spread(spread.median / divisor, spread.low / divisor, spread.high / divisor, spread.count),
+        digits,
+    )
+
+
+def splice_durable_section(text: str, section: list[str]) -> str:
+    """``text`` (a results file) with its section 7 replaced by ``section``, or with
+    ``section`` added at its end when it has none."""
+    lines = text.rstrip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(DURABLE_HEADING)), None)
+    if start is None:
+        spliced = [*lines, "", *section]
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        spliced = [*lines[:start], *section, *lines[end:]]
+    return "\n".join(spliced).rstrip("\n") + "\n"
 
 
 def update_readme(table: str) -> bool:
