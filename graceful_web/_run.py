@@ -28,7 +28,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
-from .durable import _journal as _durable
+from .durable import _recovery
 
 __all__ = ["run"]
 
@@ -150,7 +150,7 @@ class _Supervisor(Generic[T]):
         self._supervisor = asyncio.current_task()
         self._stopped = loop.create_future()
         self._note_follow_ups(loop, drain)
-        await _durable.start()
+        await _recovery.start()
         self._main = loop.create_task(self._call_main(main), name="main")
         installed = _signals.install(loop, self.config.signals, self._on_signal)
         try:
@@ -163,7 +163,7 @@ class _Supervisor(Generic[T]):
                 )
             report = await drain.wait("shutdown")
             await self._wait_for_main(drain)
-            await _durable.stop()
+            await _recovery.stop()
         finally:
             if installed is not None:
                 installed.uninstall()

@@ -31,6 +31,7 @@ from ._report import (
 )
 from ._work import inside_protected
 from .durable import _journal as _durable
+from .durable import _recovery
 
 __all__ = ["graceful_middleware", "setup"]
 
@@ -143,7 +144,7 @@ async def _on_startup(app: web.Application) -> None:
     state.drain = drain
     state.server_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    await _durable.start()
+    await _recovery.start()
     if _durable.active():
         # A response the handler prepares itself (streamed) leaves before the middleware
         # sees it: its jobs are recorded here, as its headers are about to go.
@@ -201,7 +202,7 @@ async def _on_shutdown(app: web.Application) -> None:
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
-    await _durable.stop()
+    await _recovery.stop()
     await _close_idle_connections(state)
 
 

@@ -17,8 +17,10 @@ The store is one URL (``GRACEFUL_DURABLE_URL`` or ``configure(url=...)``): an SQ
 default, PostgreSQL (``pip install 'graceful-web[postgres]'``) for fleets.
 """
 
-from ._functions import DurableCall, DurableFunction, JobInfo, current, job
-from ._journal import dead_jobs, recorded, retry_dead
+from ._functions import JobInfo, current
+from ._job import DurableCall, DurableFunction, job
+from ._journal import recorded
+from ._recovery import dead_jobs, retry_dead
 from ._settings import configure
 from ._store import DeadJob, StoreCorrupt, StoreUnavailable
 

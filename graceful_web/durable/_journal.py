@@ -1,6 +1,6 @@
 """The journal of durable jobs of one event loop: each job is recorded before it is accepted,
-forgotten when it is done, handed over when the drain's deadline cancels it; and, beside it,
-the recovery that keeps this process's lease alive and runs what others left behind.
+forgotten when it is done, handed over when the drain's deadline cancels it; and the lease
+that keeps this process's records its own while it lives.
 
 Records made in one turn of the loop share one write, and so do the jobs done in one turn.
 Nothing here blocks the loop: the SQLite store writes from a thread of its own, PostgreSQL
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import os
 import socket
@@ -20,18 +19,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .._current import current_drain
 from .._work import inside_protected
 from . import _settings
-from ._functions import DurableCall, JobInfo, current_job, functions
+from ._functions import JobInfo, Registered, current_job, functions
 from ._store import (
-    Claimed,
-    DeadJob,
     NewRecord,
     Store,
-    StoreCorrupt,
     StoreUnavailable,
-    open_store,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +40,6 @@ T = TypeVar("T")
 #: How long a cancelled job's hand-over may take: well inside the drain's grace after the
 #: deadline. Should it not make it, the lease runs out and another process runs the job.
 HAND_OVER_TIME = 0.2
-#: At most this many records are claimed at a time.
-CLAIM_LIMIT = 100
 #: The longest pause between two tries of a write that must not be lost (a job's completion).
 RETRY_AT_MOST = 2.0
 
@@ -85,9 +77,27 @@ def journal_for(loop: asyncio.AbstractEventLoop) -> Journal:
     return journal
 
 
-def spawn(registry: Registry, call: DurableCall[Any], name: str | None) -> asyncio.Task[None]:
-    """Record ``call`` (written before the response that accepted it leaves) and run it as a
-    protected job whose cancellation at the deadline hands it over."""
+def open_store(url: str) -> Store:
+    """The store a URL names (checked by the settings); its driver is imported only now."""
+    if url.startswith("sqlite:///"):
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    from ._postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
+def spawn(
+    registry: Registry,
+    job: Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    encoded: str,
+    name: str | None,
+) -> asyncio.Task[None]:
+    """Record a call of ``job`` (written before the response that accepted it leaves) and run
+    it as a protected job whose cancellation at the deadline hands it over."""
     loop = _running_loop()
     if loop is None:
         raise RuntimeError(
@@ -96,19 +106,14 @@ def spawn(registry: Registry, call: DurableCall[Any], name: str | None) -> async
         )
     journal = journal_for(loop)
     settings = journal.settings
-    record = NewRecord(
-        uuid.uuid4().hex,
-        call.function.name,
-        call.encode(),
-        call.function.max_attempts or settings.max_attempts,
-    )
+    attempts = job.max_attempts or settings.max_attempts
+    record = NewRecord(uuid.uuid4().hex, job.name, encoded, attempts)
     written: list[asyncio.Future[None]] = []  # filled below, before the job first runs
     task = registry.spawn(
-        journal.run_new(record, call, written), name=name or record.name, loop=loop
+        journal.run_new(record, job, args, kwargs, written), name=name or job.name, loop=loop
     )
     written.append(journal.record(record))
-    if journal.recovery is None:
-        journal.start_recovery()  # spawned before any adapter's startup: keep the lease alive
+    journal.keep_lease()  # (spawned before any adapter's startup, there is none yet)
     registry.hands_over.add(task)
     task.add_done_callback(registry.hands_over.discard)
     return task
@@ -123,29 +128,6 @@ async def recorded() -> None:
         await journal.barrier()
 
 
-async def start() -> None:
-    """At the server's startup: open the store, take this process's lease, and from now on
-    run what others handed over or left behind. Nothing at all without durable jobs."""
-    if not active():
-        return
-    loop = _running_loop()
-    if loop is None:
-        logger.warning(
-            "durable jobs need an asyncio event loop (asyncio or uvloop), and this server runs "
-            "trio: none will be recovered or accepted here"
-        )
-        return
-    await journal_for(loop).start()
-
-
-async def stop() -> None:
-    """After the drain: give up the lease and close the store."""
-    loop = _running_loop()
-    journal = None if loop is None else journals.get(loop)
-    if journal is not None:
-        await journal.stop()
-
-
 class _Batches(Generic[T]):
     """Items added in one turn of the loop share one ``write``; the next batch waits for the
     one in flight, so writes leave in the order they were made."""
@@ -158,7 +140,7 @@ class _Batches(Generic[T]):
     ) -> None:
         self._loop = loop
         self._write = write
-        self._context = context
+        self.context = context
         self._items: list[T] = []
         self._next: asyncio.Future[None] | None = None
         self.in_flight: asyncio.Future[None] | None = None
@@ -169,7 +151,7 @@ class _Batches(Generic[T]):
         if future is None:
             future = self._next = self._loop.create_future()
             if self.in_flight is None:
-                self._loop.call_soon(self._start, context=self._context)
+                self._loop.call_soon(self._start, context=self.context)
         return future
 
     def latest(self) -> asyncio.Future[None] | None:
@@ -182,7 +164,7 @@ class _Batches(Generic[T]):
         self._items, self._next = [], None
         self.in_flight = future
         # In a context of its own: under run() the signal cancels no task started here.
-        self._loop.create_task(self._flush(items, future), context=self._context)
+        self._loop.create_task(self._flush(items, future), context=self.context)
 
     async def _flush(self, items: list[T], future: asyncio.Future[None]) -> None:
         try:
@@ -212,13 +194,13 @@ class Journal:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         # Its own tasks (writes, the lease) run marked as protected work's follow-ups, so
         # run() leaves them alone at the signal; they are not work the drain waits for.
-        self._context = contextvars.copy_context()
-        self._context.run(inside_protected.set, True)
-        self._inserts: _Batches[NewRecord] = _Batches(loop, self._insert, self._context)
-        self._completions: _Batches[str] = _Batches(loop, self._complete, self._context)
+        self.context = contextvars.copy_context()
+        self.context.run(inside_protected.set, True)
+        self._inserts: _Batches[NewRecord] = _Batches(loop, self._insert, self.context)
+        self._completions: _Batches[str] = _Batches(loop, self._complete, self.context)
         self._opened: asyncio.Future[None] | None = None
         self._leased = False  # this process's lease is in the store
-        self.recovery: asyncio.Task[None] | None = None
+        self._lease: asyncio.Task[None] | None = None
         self._store_down = False
 
     # -- the store -----------------------------------------------------------------------
@@ -298,17 +280,20 @@ class Journal:
             await asyncio.shield(latest)
 
     async def run_new(
-        self, record: NewRecord, call: DurableCall[Any], written: list[asyncio.Future[None]]
+        self,
+        record: NewRecord,
+        job: Registered,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        written: list[asyncio.Future[None]],
     ) -> None:
         try:
             await asyncio.shield(written[0])
         except Exception:
             return  # not recorded, so not accepted: said once, for the whole batch
-        await self._run(
-            record.id, record.name, 1, call.function.function, call.args, call.kwargs
-        )
+        await self.run(record.id, record.name, 1, job.function, args, kwargs)
 
-    async def _run(
+    async def run(
         self,
         job_id: str,
         name: str,
@@ -353,45 +338,40 @@ class Journal:
             raise
         await asyncio.shield(self._completions.add(job_id))
 
-    # -- recovery ------------------------------------------------------------------------
+    # -- the lease -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        try:
-            await self.open()
-            await self.store.heartbeat(self.owner, self.settings.lease)
-            self._leased = True
-            unknown = await self.store.waiting_unknown(list(functions))
-        except StoreCorrupt:
-            raise
-        except StoreUnavailable as exc:
-            logger.warning(
-                "the durable job store is unreachable at startup (%s): durable jobs are refused "
-                "(503) until it answers",
-                exc,
-            )
-        else:
-            for name, waiting in unknown.items():
-                logger.warning(
-                    "%d durable jobs wait in the store for a function this process does not "
-                    "have, %r: register it (@durable.job(name=%r)) where it now lives, or they "
-                    "wait for a process that has it",
-                    waiting,
-                    name,
-                    name,
-                )
-        self.start_recovery()
+    async def take_lease(self) -> None:
+        """Write this process's lease now (raises StoreUnavailable) and keep it alive."""
+        await self.open()
+        await self.store.heartbeat(self.owner, self.settings.lease)
+        self._leased = True
+        self.keep_lease()
 
-    def start_recovery(self) -> None:
-        if self.recovery is None:
-            self.recovery = self.loop.create_task(
-                self._recover(), name="graceful_web durable recovery", context=self._context
+    def keep_lease(self) -> None:
+        if self._lease is None:
+            self._lease = self.loop.create_task(
+                self._renew_lease(), name="graceful_web durable lease", context=self.context
             )
 
-    async def stop(self) -> None:
-        recovery, self.recovery = self.recovery, None
-        if recovery is not None:
-            recovery.cancel()
-            await asyncio.wait([recovery], timeout=1)
+    async def _renew_lease(self) -> None:
+        # Renewed until the journal closes, after the drain: a draining process still owns
+        # what it runs.
+        lease = self.settings.lease
+        while True:
+            await asyncio.sleep(lease / 3 if self._leased else self.settings.poll_interval)
+            try:
+                await self.open()
+                await self.store.heartbeat(self.owner, lease)
+                self._leased = True
+            except StoreUnavailable as exc:
+                logger.warning("could not renew the durable lease (%s): trying again", exc)
+
+    async def close(self) -> None:
+        """Give up the lease (what this process still holds is free at once) and the store."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.cancel()
+            await asyncio.wait([lease], timeout=1)
         pending = [f for f in (self._inserts.latest(), self._completions.latest()) if f]
         if pending:
             await asyncio.wait(pending, timeout=1)
@@ -401,87 +381,3 @@ class Journal:
             logger.debug("could not give up the durable lease: %r", exc)
         await self.store.close()
         journals.pop(self.loop, None)
-
-    async def _recover(self) -> None:
-        settings = self.settings
-        drain = current_drain()
-        next_beat = self.loop.time() + settings.lease / 3
-        while True:
-            if self.loop.time() >= next_beat:
-                try:
-                    await self.open()
-                    await self.store.heartbeat(self.owner, settings.lease)
-                    self._leased = True
-                    next_beat = self.loop.time() + settings.lease / 3
-                except StoreUnavailable as exc:
-                    logger.warning("could not renew the durable lease (%s): trying again", exc)
-                    next_beat = self.loop.time() + settings.poll_interval
-            if not drain.draining:
-                try:
-                    await self._claim()
-                except StoreUnavailable as exc:
-                    logger.debug("could not look for durable jobs to run: %s", exc)
-            await asyncio.sleep(min(settings.poll_interval, max(0.0, next_beat - self.loop.time())))
-
-    async def _claim(self) -> None:
-        await self.open()
-        claimed, dead = await self.store.claim(self.owner, list(functions), CLAIM_LIMIT)
-        for gone in dead:
-            counts["dead"] += 1
-            _log_dead(gone)
-        if not claimed:
-            return
-        drain = current_drain()
-        if drain.draining:
-            # The drain began while the claim was on its way: these are for another process.
-            await self.store.hand_over(self.owner, [job.id for job in claimed])
-            return
-        counts["recovered"] += len(claimed)
-        logger.info(
-            "running %d durable jobs from the store (retries, or handed over or left behind by "
-            "other processes): %s",
-            len(claimed),
-            ", ".join(sorted({job.name for job in claimed})),
-            extra={"graceful_recovered": len(claimed)},
-        )
-        for job in claimed:
-            self._start_claimed(job, drain.work)
-
-    def _start_claimed(self, job: Claimed, registry: Registry) -> None:
-        function = functions[job.name]
-        decoded = json.loads(job.args)
-        coro = self._run(
-            job.id, job.name, job.attempt, function.function, decoded["args"], decoded["kwargs"]
-        )
-        # Started in a plain context: not a follow-up of this recovery's own tasks.
-        task = contextvars.Context().run(
-            registry.spawn, coro, name=job.name, loop=self.loop
-        )
-        registry.hands_over.add(task)
-        task.add_done_callback(registry.hands_over.discard)
-
-
-def _log_dead(job: DeadJob) -> None:
-    logger.error(
-        "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run again "
-        "(graceful_web.durable.dead_jobs() lists it)",
-        job.name,
-        job.id,
-        job.failures,
-        job.error,
-        extra={"graceful_job_id": job.id},
-    )
-
-
-async def dead_jobs() -> list[DeadJob]:
-    """Jobs that failed their every attempt, oldest first, from the store of this process."""
-    journal = journal_for(asyncio.get_running_loop())
-    await journal.open()
-    return await journal.store.dead_jobs()
-
-
-async def retry_dead(*job_ids: str) -> int:
-    """Make dead jobs ready to run again, their failures forgotten; how many were."""
-    journal = journal_for(asyncio.get_running_loop())
-    await journal.open()
-    return await journal.store.retry_dead(job_ids)

@@ -97,17 +97,6 @@ class Store(Protocol):
         """Ready records of functions not among ``names``, by name: jobs no one here can run."""
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names (checked by the settings)."""
-    if url.startswith("sqlite:///"):
-        from ._sqlite import SQLiteStore
-
-        return SQLiteStore(url.removeprefix("sqlite:///"))
-    from ._postgres import PostgresStore
-
-    return PostgresStore(url)
-
-
 def dead_job(
     job_id: str, name: str, args: str, failures: int, error: str | None
 ) -> DeadJob:

@@ -1,0 +1,156 @@
+"""Recovery: from startup on, and every ``poll_interval`` while serving, a process claims and
+runs the records no live process owns: handed over at a deadline, left by a process whose lease
+ran out, or failed and due for a retry. A job out of attempts is kept as dead instead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import weakref
+
+from .._current import current_drain
+from .._registry import Registry
+from ._functions import functions
+from ._journal import Journal, active, counts, journal_for, journals
+from ._store import Claimed, DeadJob, StoreCorrupt, StoreUnavailable
+
+logger = logging.getLogger("graceful_web")
+
+_running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
+
+#: At most this many records are claimed at a time.
+CLAIM_LIMIT = 100
+
+_claiming: weakref.WeakKeyDictionary[Journal, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+async def start() -> None:
+    """At the server's startup: open the store, take this process's lease, and from now on
+    run what others handed over or left behind. Nothing at all without durable jobs."""
+    if not active():
+        return
+    loop = _running_loop()
+    if loop is None:
+        logger.warning(
+            "durable jobs need an asyncio event loop (asyncio or uvloop), and this server runs "
+            "trio: none will be recovered or accepted here"
+        )
+        return
+    journal = journal_for(loop)
+    try:
+        await journal.take_lease()
+        unknown = await journal.store.waiting_unknown(list(functions))
+    except StoreCorrupt:
+        raise
+    except StoreUnavailable as exc:
+        journal.keep_lease()
+        logger.warning(
+            "the durable job store is unreachable at startup (%s): durable jobs are refused "
+            "(503) until it answers",
+            exc,
+        )
+    else:
+        for name, waiting in unknown.items():
+            logger.warning(
+                "%d durable jobs wait in the store for a function this process does not "
+                "have, %r: register it (@durable.job(name=%r)) where it now lives, or they "
+                "wait for a process that has it",
+                waiting,
+                name,
+                name,
+            )
+    if journal not in _claiming:
+        # In the journal's context: under run() the signal cancels no task started there.
+        _claiming[journal] = loop.create_task(
+            _claim_while_serving(journal),
+            name="graceful_web durable recovery",
+            context=journal.context,
+        )
+
+
+async def stop() -> None:
+    """After the drain: stop claiming, give up the lease and close the store."""
+    loop = _running_loop()
+    journal = None if loop is None else journals.get(loop)
+    if journal is None:
+        return
+    claiming = _claiming.pop(journal, None)
+    if claiming is not None:
+        claiming.cancel()
+        await asyncio.wait([claiming], timeout=1)
+    await journal.close()
+
+
+async def _claim_while_serving(journal: Journal) -> None:
+    drain = current_drain()
+    while not drain.draining:
+        try:
+            await _claim(journal)
+        except StoreUnavailable as exc:
+            logger.debug("could not look for durable jobs to run: %s", exc)
+        await asyncio.sleep(journal.settings.poll_interval)
+
+
+async def _claim(journal: Journal) -> None:
+    await journal.open()
+    claimed, dead = await journal.store.claim(journal.owner, list(functions), CLAIM_LIMIT)
+    for gone in dead:
+        counts["dead"] += 1
+        _log_dead(gone)
+    if not claimed:
+        return
+    drain = current_drain()
+    if drain.draining:
+        # The drain began while the claim was on its way: these are for another process.
+        await journal.store.hand_over(journal.owner, [job.id for job in claimed])
+        return
+    counts["recovered"] += len(claimed)
+    logger.info(
+        "running %d durable jobs from the store (retries, or handed over or left behind by "
+        "other processes): %s",
+        len(claimed),
+        ", ".join(sorted({job.name for job in claimed})),
+        extra={"graceful_recovered": len(claimed)},
+    )
+    for job in claimed:
+        _start_claimed(journal, job, drain.work)
+
+
+def _start_claimed(journal: Journal, job: Claimed, registry: Registry) -> None:
+    decoded = json.loads(job.args)
+    coro = journal.run(
+        job.id, job.name, job.attempt, functions[job.name].function, decoded["args"],
+        decoded["kwargs"],
+    )
+    # Started in a plain context: not a follow-up of the recovery's own task.
+    task = contextvars.Context().run(registry.spawn, coro, name=job.name, loop=journal.loop)
+    registry.hands_over.add(task)
+    task.add_done_callback(registry.hands_over.discard)
+
+
+def _log_dead(job: DeadJob) -> None:
+    logger.error(
+        "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run again "
+        "(graceful_web.durable.dead_jobs() lists it)",
+        job.name,
+        job.id,
+        job.failures,
+        job.error,
+        extra={"graceful_job_id": job.id},
+    )
+
+
+async def dead_jobs() -> list[DeadJob]:
+    """Jobs that failed their every attempt, oldest first, from this process's store."""
+    journal = journal_for(asyncio.get_running_loop())
+    await journal.open()
+    return await journal.store.dead_jobs()
+
+
+async def retry_dead(*job_ids: str) -> int:
+    """Make dead jobs ready to run again, their failures forgotten; how many were."""
+    journal = journal_for(asyncio.get_running_loop())
+    await journal.open()
+    return await journal.store.retry_dead(job_ids)
