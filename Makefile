@@ -36,7 +36,8 @@ release-check: $(DOCS_STAMP)
 # of durable jobs start real PostgreSQL and Redis servers: .ci/ensure_stores.sh installs them (as
 # root on Debian) when they are missing.
 UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
-	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py
+	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py \
+	tests/test_durable_jobs.py
 
 test: $(STAMP)
 	bash .ci/ensure_stores.sh
