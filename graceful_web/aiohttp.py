@@ -30,6 +30,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
+from .durable import _functions as _durable_functions
 from .durable import _journal as _durable
 from .durable import _recovery
 
@@ -267,8 +268,12 @@ class _GracefulMiddleware:
         # ``started``, and each line below then sees the process is no longer serving. (The
         # one await above, in the drain's own branch, comes after the census was taken.)
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
+        records = _records_of_request() if _durable_jobs else None
         try:
             response = await handler(request)
+            if records:
+                # Still inside: a drain that begins meanwhile waits for this request.
+                response = await _once_recorded(response, records)
         except web.HTTPException as exc:
             if not process.serving and current_drain().draining:
                 exc.force_close()
@@ -276,8 +281,6 @@ class _GracefulMiddleware:
         finally:
             if not process.serving:
                 request_done()
-        if _durable_state.unwritten:
-            response = await _once_recorded(request, response)
         if not process.serving and current_drain().draining:
             response.force_close()
         return response
@@ -295,8 +298,11 @@ async def _served_during_the_drain(
     assert task is not None
     entered = drain.enter_request(task, _request_name, request)
     token = inside_protected.set(True)
+    records = _records_of_request() if _durable_jobs else None
     try:
         response = await handler(request)
+        if records:
+            response = await _once_recorded(response, records)
     except web.HTTPException as exc:
         exc.force_close()
         raise
@@ -304,36 +310,31 @@ async def _served_during_the_drain(
         inside_protected.reset(token)
         if entered:
             drain.exit_request(task)
-    if _durable_state.unwritten:
-        response = await _once_recorded(request, response)
     response.force_close()
     return response
 
 
-_durable_state = _durable.state
-_RECORDED = "graceful_web_recorded"
+_records_of_request = _durable.records_of_request
+_durable_jobs = _durable_functions.functions  # empty unless this process has durable jobs
 
 
-async def _once_recorded(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """The durable jobs spawned so far are recorded before the response leaves; when they could
-    not be, they were not accepted: 503 in place of the app's response."""
+async def _once_recorded(
+    response: web.StreamResponse, records: list[asyncio.Future[None]]
+) -> web.StreamResponse:
+    """The durable jobs the request spawned are recorded before its response leaves; when they
+    could not be, they were not accepted: 503 in place of the app's response."""
     if response.prepared:
-        return response  # already gone (and checked as it went, by _records_before_headers)
-    try:
-        await _durable.recorded()
-    except Exception:
-        refusal = web.Response(status=503, text=_UNRECORDED, headers={"Retry-After": "1"})
-        return refusal
-    response[_RECORDED] = True
+        return response  # already gone (checked as it went, by _records_before_headers)
+    if not await _durable.written(records):
+        return web.Response(status=503, text=_UNRECORDED, headers={"Retry-After": "1"})
     return response
 
 
 async def _records_before_headers(request: web.Request, response: web.StreamResponse) -> None:
-    if _durable_state.unwritten and _RECORDED not in response:
-        try:
-            await _durable.recorded()
-        except Exception:
-            raise _unrecorded() from None
+    # A response the handler prepares itself: its records are those made so far.
+    records = _durable.request_records.get()
+    if records and not await _durable.written(records):
+        raise _unrecorded()
 
 
 _UNRECORDED = "the work this request started could not be recorded; try again\n"

@@ -35,6 +35,7 @@ from ._report import (
     DrainStartedCallback,
 )
 from ._work import inside_protected
+from .durable import _functions as _durable_functions
 from .durable import _journal as _durable
 
 __all__ = ["GracefulLifespan"]
@@ -175,10 +176,11 @@ class GracefulLifespan:
         # Serving: nothing is registered. Should the drain begin while the app runs, it finds
         # this request by this call (_census), named from ``scope``, aged from ``started``.
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
+        records = _records_of_request() if _durable_jobs else None
 
         def send_closing_when_draining(message: Message) -> Awaitable[None]:
-            if _durable_state.unwritten:
-                return _send_once_recorded(send, message)
+            if records:
+                return _send_once_recorded(send, message, records)
             # Once draining, the connection must not be reused: the client's next request
             # goes to another instance instead of to a closing socket.
             if (
@@ -205,9 +207,11 @@ class GracefulLifespan:
         """A request registered as it comes: during the drain (through an already-open
         connection), or under trio, whose tasks cannot be learnt later."""
 
+        records = _records_of_request() if _durable_jobs else None
+
         async def send_closing_when_draining(message: Message) -> None:
             if message["type"] == "http.response.start":
-                if _durable_state.unwritten and not await _records_written(send):
+                if records and not await _records_written(send, records):
                     raise _Unrecorded
                 if drain.draining:
                     message = _with_connection_close(message)
@@ -300,17 +304,16 @@ _running_loop = asyncio.events._get_running_loop  # None, not an exception, unde
 _census.watch(GracefulLifespan._served, "scope", _request_name)
 
 
-_durable_state = _durable.state
+_records_of_request = _durable.records_of_request
+_durable_jobs = _durable_functions.functions  # empty unless this process has durable jobs
 
 _UNRECORDED = b"the work this request started could not be recorded; try again\n"
 
 
-async def _records_written(send: Send) -> bool:
-    """Before a response leaves: the durable jobs spawned so far are recorded. When they could
-    not be, they were not accepted: answer 503 in place of the app's response (False)."""
-    try:
-        await _durable.recorded()
-    except Exception:
+async def _records_written(send: Send, records: list[asyncio.Future[None]]) -> bool:
+    """Before a response leaves: the durable jobs its request spawned are recorded. When they
+    could not be, they were not accepted: answer 503 in place of the app's response (False)."""
+    if not await _durable.written(records):
         await send(
             {
                 "type": "http.response.start",
@@ -332,9 +335,11 @@ class _Unrecorded(Exception):
     response, and the app's own response stops here."""
 
 
-async def _send_once_recorded(send: Send, message: Message) -> None:
+async def _send_once_recorded(
+    send: Send, message: Message, records: list[asyncio.Future[None]]
+) -> None:
     if message["type"] == "http.response.start":
-        if not await _records_written(send):
+        if not await _records_written(send, records):
             raise _Unrecorded
         if not process.serving and current_drain().draining:
             message = _with_connection_close(message)

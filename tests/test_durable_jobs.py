@@ -155,10 +155,13 @@ def test_jobs_longer_than_the_deadline_are_handed_over_and_finished_by_the_next_
         assert attempts == [(first.pid, 1), (second.pid, 2)]
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_job_that_keeps_failing_is_kept_as_dead_after_its_attempts(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
     env = durable_env(tmp_path)
+    if store == "postgresql":
+        env["GRACEFUL_DURABLE_URL"] = request.getfixturevalue("postgres_url")
     jobs_file = Path(env["JOBS_FILE"])
     server = start(start_server, "uvicorn", env, "server")
     assert post_jobs(server.url, ["poison"], ms=0, fail=True) == {"poison": 202}
@@ -301,3 +304,35 @@ def test_the_store_gone_when_a_job_completes_is_retried_and_the_job_kept(
 
     wait_until(lambda: records().strip() == "0", 10, "the finished job's record to go")
     assert [run.attempt for run in starts_by_id(jobs_file)["survivor"]] == [1]
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_drain_that_begins_while_a_response_waits_for_its_records_waits_for_it(
+    start_server: StartServer, tmp_path: Path, kind: str
+) -> None:
+    env = durable_env(tmp_path, GRACEFUL_DRAIN_TIMEOUT="5")
+    jobs_file = Path(env["JOBS_FILE"])
+    path = tmp_path / "jobs.sqlite3"
+    server = start(start_server, kind, env, "server")
+    # Another process holds the file's write lock: the record of the next job waits for it.
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                httpx.post, f"{server.url}/jobs?id=waiting&ms=10", timeout=20
+            )
+            wait_until(
+                lambda: httpx.get(f"{server.url}/_stats", timeout=5).json()["unwritten"] == 1,
+                4,  # within the store's 5 s wait for a lock
+                "the job's record to wait for the store",
+            )
+            server.send(signal.SIGTERM)
+            server.wait_for_log("drain started")
+            blocker.execute("COMMIT")
+            assert answer.result().status_code == 202
+    finally:
+        blocker.close()
+    assert server.wait_exit() == 0, server.log()
+    assert "drained 1 requests and 1 jobs" in server.log()
+    assert "waiting" in ended(jobs_file)

@@ -60,6 +60,36 @@ counts = dict.fromkeys(
     ("recorded", "refused", "completed", "failed", "dead", "handed_over", "recovered"), 0
 )
 
+#: The records the current request made, set by the adapters as it starts (a list shared with
+#: the tasks it starts): its response leaves once they are written.
+request_records: contextvars.ContextVar[list[asyncio.Future[None]] | None] = (
+    contextvars.ContextVar("graceful_web_request_records", default=None)
+)
+
+
+def records_of_request() -> list[asyncio.Future[None]] | None:
+    """A new list of the records the calling request makes, or None when this process has no
+    durable job (then nothing is asked of a request)."""
+    if not functions:
+        return None
+    records: list[asyncio.Future[None]] = []
+    request_records.set(records)
+    return records
+
+
+async def written(records: list[asyncio.Future[None]]) -> bool:
+    """Wait for a request's records; False when any of them could not be written (those jobs
+    were not accepted). The list is emptied: its records are settled."""
+    pending, records[:] = list(records), []
+    ok = True
+    for future in pending:
+        try:
+            await asyncio.shield(future)
+        except Exception:
+            ok = False
+    return ok
+
+
 journals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Journal] = (
     weakref.WeakKeyDictionary()
 )
@@ -108,11 +138,15 @@ def spawn(
     settings = journal.settings
     attempts = job.max_attempts or settings.max_attempts
     record = NewRecord(uuid.uuid4().hex, job.name, encoded, attempts)
-    written: list[asyncio.Future[None]] = []  # filled below, before the job first runs
+    first: list[asyncio.Future[None]] = []  # filled below, before the job first runs
     task = registry.spawn(
-        journal.run_new(record, job, args, kwargs, written), name=name or job.name, loop=loop
+        journal.run_new(record, job, args, kwargs, first), name=name or job.name, loop=loop
     )
-    written.append(journal.record(record))
+    future = journal.record(record)
+    first.append(future)
+    records = request_records.get()
+    if records is not None:
+        records.append(future)
     journal.keep_lease()  # (spawned before any adapter's startup, there is none yet)
     registry.hands_over.add(task)
     task.add_done_callback(registry.hands_over.discard)

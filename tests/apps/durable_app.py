@@ -18,6 +18,7 @@ import time
 from demo_services._contract import append_job_record, configure_logging
 from graceful_web import ShutdownInProgress, durable, spawn
 from graceful_web._current import current_drain
+from graceful_web.durable import _journal
 
 
 def _note(event: str, job_id: str) -> None:
@@ -48,7 +49,7 @@ def _accept(job_id: str, ms: int, fail: bool) -> tuple[int, str]:
 
 def _stats() -> dict[str, int]:
     drain = current_drain()
-    return {"jobs": drain.jobs_in_flight, "pid": os.getpid()}
+    return {"jobs": drain.jobs_in_flight, "unwritten": _journal.state.unwritten, "pid": os.getpid()}
 
 
 async def _dead() -> list[dict[str, object]]:
