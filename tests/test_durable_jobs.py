@@ -336,3 +336,21 @@ def test_a_drain_that_begins_while_a_response_waits_for_its_records_waits_for_it
     assert server.wait_exit() == 0, server.log()
     assert "drained 1 requests and 1 jobs" in server.log()
     assert "waiting" in ended(jobs_file)
+
+
+def test_a_sqlite_file_locked_longer_than_the_store_waits_is_answered_503(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    env = durable_env(tmp_path)
+    server = start(start_server, "uvicorn", env, "server")
+    blocker = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # held past the store's 5 s wait for the lock
+    try:
+        response = httpx.post(f"{server.url}/jobs?id=locked&ms=0", timeout=20)
+    finally:
+        blocker.close()
+    assert response.status_code == 503
+    assert "database is locked" in server.log()
+    assert not runs(Path(env["JOBS_FILE"]))
+    # The lock gone, the next job is accepted.
+    assert post_jobs(server.url, ["after"], ms=0) == {"after": 202}
