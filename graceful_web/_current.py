@@ -11,9 +11,10 @@ import sys
 import weakref
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._drain import Drain
+from ._registry import SpawnsItself
 
 T = TypeVar("T")
 
@@ -73,12 +74,23 @@ def request_done() -> None:
         current_drain().exit_request(task)
 
 
-def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+@overload
+def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]: ...
+
+
+@overload
+def spawn(coro: SpawnsItself[T], *, name: str | None = None) -> asyncio.Task[T]: ...
+
+
+def spawn(
+    coro: Coroutine[Any, Any, T] | SpawnsItself[T], *, name: str | None = None
+) -> asyncio.Task[T]:
     """Start ``coro`` as a protected background job and return its task.
 
     Use it where you would use ``asyncio.create_task``: shutdown waits for the job (until the
     drain deadline) instead of cancelling it. Raises ``ShutdownInProgress`` once the drain has
-    started, unless called from a request or job that is itself still being drained.
+    started, unless called from a request or job that is itself still being drained. A call
+    of a ``@durable.job`` function is recorded first (see ``graceful_web.durable``).
     """
     # current_drain(), inline: this runs for every job.
     loop = _running_loop()

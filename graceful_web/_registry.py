@@ -17,7 +17,7 @@ import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -28,6 +28,14 @@ from ._requests import Requests
 from ._work import ShutdownInProgress, Work, inside_protected
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SpawnsItself(Protocol[T_co]):
+    """What ``spawn`` takes besides a coroutine: a call that starts itself through the registry
+    (a durable job's call records itself first)."""
+
+    def __graceful_spawn__(self, registry: Registry, name: str | None) -> asyncio.Task[T_co]: ...
 
 _Coroutine = types.CoroutineType  # checked first: asyncio.iscoroutine is a call per job
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
@@ -236,7 +244,7 @@ class Registry:
 
     def spawn(
         self,
-        coro: Coroutine[Any, Any, T],
+        coro: Coroutine[Any, Any, T] | SpawnsItself[T],
         *,
         name: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -247,7 +255,8 @@ class Registry:
             # here with the coroutine that runs it.
             spawn_itself = getattr(coro, "__graceful_spawn__", None)
             if spawn_itself is not None:
-                return spawn_itself(self, name)
+                task: asyncio.Task[T] = spawn_itself(self, name)
+                return task
             raise TypeError(
                 f"spawn() takes a coroutine, e.g. spawn(send_receipt(order_id)); got {coro!r}"
             )
