@@ -45,7 +45,7 @@ RETRY_AT_MOST = 2.0
 
 
 class _State:
-    """What each response checks before it leaves: records made and not yet written."""
+    """Records made in this process and not yet written (what a stalled store holds back)."""
 
     __slots__ = ("unwritten",)
 
@@ -319,10 +319,10 @@ class Journal:
         job: Registered,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        written: list[asyncio.Future[None]],
+        first: list[asyncio.Future[None]],
     ) -> None:
         try:
-            await asyncio.shield(written[0])
+            await asyncio.shield(first[0])
         except Exception:
             return  # not recorded, so not accepted: said once, for the whole batch
         await self.run(record.id, record.name, 1, job.function, args, kwargs)
