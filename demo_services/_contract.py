@@ -2,6 +2,8 @@
 
 GET /slow?ms=N   sleeps N ms, 200          GET /fast      200
 POST /jobs?ms=N&id=X   202; a protected job sleeps N ms, then appends the line X to JOBS_FILE
+POST /reports?ms=N&id=X  only with GRACEFUL_DURABLE_URL set: 202 once a durable job is recorded;
+                 it sleeps N ms, then records its run (demo_services/_reports.py)
 GET /healthz     200 while the process runs
 GET /readyz      200 while serving, 503 while draining
 METRICS_PORT=N   Prometheus metrics on 127.0.0.1:N from a thread of their own, so they can be
@@ -44,9 +46,10 @@ def jobs_file() -> str:
     return os.environ.get("JOBS_FILE", "jobs.log")
 
 
-def append_job_record(line: str) -> None:
-    """Append one line durably: a record in the file means the job really finished."""
-    fd = os.open(jobs_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def append_job_record(line: str, path: str | None = None) -> None:
+    """Append one line durably (to JOBS_FILE unless ``path`` is given): a record in the file
+    means the job really finished."""
+    fd = os.open(path or jobs_file(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())
         os.fsync(fd)
@@ -57,6 +60,28 @@ def append_job_record(line: str) -> None:
 def graceful_enabled() -> bool:
     """GRACEFUL=0 runs the same service without graceful_web, to show what it loses."""
     return os.environ.get("GRACEFUL", "1") not in ("0", "false", "no", "off")
+
+
+DURABLE_URL_ENV = "GRACEFUL_DURABLE_URL"
+
+#: Where POST /reports records each finished run when the durable store is PostgreSQL (the
+#: same database): a job run twice has two rows.
+COMPLETED_TABLE = """
+CREATE TABLE IF NOT EXISTS completed (
+    report_id text NOT NULL,
+    job_id text NOT NULL,
+    attempt integer NOT NULL,
+    replica text NOT NULL,
+    pid integer NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def reports_served() -> bool:
+    """Whether POST /reports (durable jobs) is served: the library is on and a durable store
+    is named. Otherwise the job is not even registered, so nothing durable starts."""
+    return graceful_enabled() and bool(os.environ.get(DURABLE_URL_ENV, "").strip())
 
 
 def serve_metrics_from_env() -> None:

@@ -128,16 +128,19 @@ $(tail -n 20 "$CACHE/debootstrap.log")"
     rm -rf "$rootfs"
 }
 
-# Wheels for the image's own Python, downloaded by this machine's pip (with however it is
-# configured to reach its package index), so the build needs no index of its own.
+# Wheels for the image's own Python and the extras its Dockerfile installs, downloaded by this
+# machine's pip (with however it is configured to reach its package index), so the build needs no
+# index of its own.
 ensure_wheelhouse() {
     [ -x "$PY" ] || die "$PY not found: run through 'make test-docker', which creates it"
+    # The Dockerfile's EXTRAS: what the demo image installs.
+    local extras=demo,postgres
     local pyver arch key wheels tmp platforms=()
     pyver=$(docker run --rm --network none "$BASE_IMAGE" python3 -c \
         'import sys; print("%d.%d" % sys.version_info[:2])') ||
         die "cannot run python3 in $BASE_IMAGE"
     arch=$(uname -m)
-    key="$(sha256sum pyproject.toml | cut -c1-16) python$pyver $arch"
+    key="$(sha256sum pyproject.toml | cut -c1-16) python$pyver $arch [$extras]"
     wheels=$CACHE/wheels
     if [ -f "$wheels/.key" ] && [ "$(cat "$wheels/.key")" = "$key" ]; then
         log "reusing wheelhouse for Python $pyver ($(ls "$wheels" | wc -l) wheels)"
@@ -153,7 +156,7 @@ ensure_wheelhouse() {
     platforms+=(--platform "manylinux2014_$arch")
     "$PY" -m pip download -qq --only-binary=:all: --python-version "$pyver" \
         --implementation cp "${platforms[@]}" -d "$wheels" \
-        "$(ls "$tmp"/graceful_web-*.whl)[demo]" 'setuptools>=68' wheel ||
+        "$(ls "$tmp"/graceful_web-*.whl)[$extras]" 'setuptools>=68' wheel ||
         die "pip could not download the wheels for Python $pyver"
     rm -rf "$tmp" "$wheels"/graceful_web-*.whl
     echo "$key" >"$wheels/.key"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test-swarm`: rolling updates driven by Docker Swarm (tests/swarm, docker-stack.yml).
+# `make test-swarm`: rolling updates driven by Docker Swarm (tests/swarm, docker-stack.yml), and
+# durable jobs handed over through one, with a PostgreSQL store on this machine.
 #
 # Provisions the engine, the base image and the wheelhouse as `make test-docker` does, reusing
 # what is there (docker/_provision.sh: in CI, test-docker has stopped its engine but left the
@@ -19,6 +20,9 @@ ensure_base_image
 log "base image ready after $(elapsed)"
 ensure_wheelhouse
 log "wheelhouse ready after $(elapsed)"
+# The durable-jobs scenario (tests/swarm/test_swarm_durable.py) runs a PostgreSQL server on this
+# machine (tests/_stores.py), which the replicas reach at 127.0.0.1 through host networking.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_install postgresql
 
 SWARM_BEFORE=$(docker info --format '{{.Swarm.LocalNodeState}}')
 leave_swarm() {

@@ -12,7 +12,14 @@ from aiohttp import web
 from graceful_web import ShutdownInProgress, shutting_down, spawn
 from graceful_web.aiohttp import graceful_middleware, setup
 
-from .._contract import BadParameter, append_job_record, graceful_enabled, parse_id, parse_ms
+from .._contract import (
+    BadParameter,
+    append_job_record,
+    graceful_enabled,
+    parse_id,
+    parse_ms,
+    reports_served,
+)
 
 _background: set[asyncio.Task[Any]] = set()
 
@@ -55,6 +62,14 @@ async def create_job(request: web.Request) -> web.Response:
     return web.json_response({"id": job_id, "accepted": True}, status=202)
 
 
+async def create_report(request: web.Request) -> web.Response:
+    """A durable job (only with GRACEFUL_DURABLE_URL set; see demo_services/_reports.py)."""
+    from .._reports import accept
+
+    status, body = accept(request.query)
+    return web.json_response(body, status=status)
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events until the drain starts, then a polite goodbye."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -95,6 +110,10 @@ def make_app(**setup_options: Any) -> web.Application:
     app.router.add_post("/jobs", create_job)
     app.router.add_get("/events", events)
     app.router.add_get("/healthz", healthz)
+    if reports_served():
+        from .. import _reports  # registers the durable job before the app starts  # noqa: F401
+
+        app.router.add_post("/reports", create_report)
     if graceful_enabled():
         app.middlewares.append(graceful_middleware)
         # Deadline and pre-stop delay come from GRACEFUL_DRAIN_TIMEOUT / GRACEFUL_PRE_STOP_DELAY.

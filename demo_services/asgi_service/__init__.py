@@ -23,7 +23,14 @@ from starlette.routing import Route
 from graceful_web import ShutdownInProgress, shutting_down, spawn
 from graceful_web.asgi import GracefulLifespan
 
-from .._contract import BadParameter, append_job_record, graceful_enabled, parse_id, parse_ms
+from .._contract import (
+    BadParameter,
+    append_job_record,
+    graceful_enabled,
+    parse_id,
+    parse_ms,
+    reports_served,
+)
 
 _background: set[asyncio.Task[Any]] = set()
 
@@ -64,6 +71,14 @@ async def create_job(request: Request) -> Response:
         _background.add(task)
         task.add_done_callback(_background.discard)
     return JSONResponse({"id": job_id, "accepted": True}, status_code=202)
+
+
+async def create_report(request: Request) -> Response:
+    """A durable job (only with GRACEFUL_DURABLE_URL set; see demo_services/_reports.py)."""
+    from .._reports import accept
+
+    status, body = accept(request.query_params)
+    return JSONResponse(body, status_code=status)
 
 
 async def create_background(request: Request) -> Response:
@@ -111,6 +126,10 @@ def build_starlette() -> Any:
     ]
     if not graceful_enabled():
         routes.append(Route("/readyz", ready_without_library))
+    if reports_served():
+        from .. import _reports  # registers the durable job before the app starts  # noqa: F401
+
+        routes.append(Route("/reports", create_report, methods=["POST"]))
     return Starlette(routes=routes, exception_handlers={BadParameter: _bad_parameter})
 
 

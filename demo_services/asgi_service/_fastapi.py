@@ -8,10 +8,11 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI
 
-from .._contract import BadParameter, graceful_enabled, parse_id, parse_ms
+from .._contract import BadParameter, graceful_enabled, parse_id, parse_ms, reports_served
 from . import (
     _bad_parameter,
     create_job,
+    create_report,
     events,
     fast,
     healthz,
@@ -34,6 +35,10 @@ def build() -> FastAPI:
         api.add_route(path, endpoint, methods=methods)
     if not graceful_enabled():
         api.add_route("/readyz", ready_without_library, methods=["GET"])
+    if reports_served():
+        from .. import _reports  # registers the durable job before the app starts  # noqa: F401
+
+        api.add_route("/reports", create_report, methods=["POST"])
 
     @api.post("/background", status_code=202)
     async def fastapi_background(

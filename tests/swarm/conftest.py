@@ -169,12 +169,17 @@ class Task:
 
 @dataclass
 class Stack:
-    """One deployment of docker-stack.yml, with its own name, ports and job records."""
+    """One deployment of docker-stack.yml (or of ``file``, a stack made from it), with its own
+    name, ports and job records."""
 
     name: str
     env: dict[str, str]
     prefixes: dict[str, int]
     jobs_dir: Path
+    file: Path = STACK_FILE
+    services: tuple[str, ...] = SERVICES
+    replicas: int = REPLICAS
+    nginx: bool = True
     service_ids: list[str] = field(default_factory=list)
     config_ids: list[str] = field(default_factory=list)
 
@@ -195,12 +200,12 @@ class Stack:
         )
         done = docker(
             "stack", "deploy", *detach, "--resolve-image", "never",
-            "-c", str(STACK_FILE), self.name, env=self.env, check=False,
+            "-c", str(self.file), self.name, env=self.env, check=False,
         )  # fmt: skip
         # What was created, even by a deploy that failed half-way, so remove() finds it.
         self._find_ids()
         assert done.returncode == 0, f"docker stack deploy failed:\n{done.stdout}\n{done.stderr}"
-        assert len(self.service_ids) == len(SERVICES) + 1, self.service_ids
+        assert len(self.service_ids) == len(self.services) + self.nginx, self.service_ids
 
     def _find_ids(self) -> None:
         label = f"label=com.docker.stack.namespace={self.name}"
@@ -244,17 +249,18 @@ class Stack:
     def wait_converged(self, timeout: float = 120.0) -> None:
         """Every replica running (healthy: swarm counts a task running only then) and
         answering on its own port, and nginx answering for each set."""
-        for service in SERVICES:
+        slots = list(range(1, self.replicas + 1))
+        for service in self.services:
             wait_until(
-                lambda service=service: (
-                    sorted(t.slot for t in self.running(service)) == list(range(1, REPLICAS + 1))
-                ),
+                lambda service=service: sorted(t.slot for t in self.running(service)) == slots,
                 timeout,
-                f"{REPLICAS} running tasks of {self.service(service)}",
+                f"{self.replicas} running tasks of {self.service(service)}",
             )
-            for slot in range(1, REPLICAS + 1):
+            for slot in slots:
                 url = f"http://127.0.0.1:{self.replica_port(service, slot)}/readyz"
                 wait_until(lambda url=url: answers(url), 30, f"{url} to answer 200")
+            if not self.nginx:
+                continue
             wait_until(
                 lambda service=service: answers(f"{self.nginx_url(service)}/fast"),
                 30,
@@ -274,7 +280,7 @@ class Stack:
         if self.service_ids:
             docker("service", "rm", *self.service_ids, check=False)
         label = f"label=com.docker.stack.namespace={self.name}"
-        grace = max(grace_period(service) for service in SERVICES)
+        grace = max(grace_period(service) for service in self.services)
         wait_until(
             lambda: not docker("ps", "-aq", "--filter", label, check=False).stdout.split(),
             grace + 60,

@@ -108,7 +108,7 @@ def replacements(stack: Stack, events: Events, service: str, since: float) -> li
     """Each slot's task stopped after ``since`` and the task that took its place."""
     tasks = stack.tasks(service)
     found = []
-    for slot in range(1, REPLICAS + 1):
+    for slot in range(1, stack.replicas + 1):
         olds = [
             t
             for t in tasks
