@@ -119,32 +119,21 @@ def log_progress(
 
 
 def log_abandoned(work: AbandonedWork) -> None:
-    logger.warning(
-        "abandoned %s %r after %.1f s",
-        work.kind,
-        work.name,
-        work.age,
-        extra={
-            "graceful_kind": work.kind,
-            "graceful_name": work.name,
-            "graceful_age_s": work.age,
-        },
-    )
+    _log_cut("abandoned %s %r after %.1f s", work, {})
 
 
 def log_handed_over(work: AbandonedWork) -> None:
-    logger.warning(
+    _log_cut(
         "handed over %s %r after %.1f s: its record stays for the next process",
-        work.kind,
-        work.name,
-        work.age,
-        extra={
-            "graceful_kind": work.kind,
-            "graceful_name": work.name,
-            "graceful_age_s": work.age,
-            "graceful_handed_over": True,
-        },
+        work,
+        {"graceful_handed_over": True},
     )
+
+
+def _log_cut(message: str, work: AbandonedWork, extra: dict[str, object]) -> None:
+    """Work cut at the deadline: abandoned, or (a durable job) handed over."""
+    fields = {"graceful_kind": work.kind, "graceful_name": work.name, "graceful_age_s": work.age}
+    logger.warning(message, work.kind, work.name, work.age, extra={**fields, **extra})
 
 
 def log_forced(reason: str, in_flight: int) -> None:
