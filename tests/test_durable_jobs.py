@@ -230,6 +230,10 @@ def test_an_aiohttp_response_is_503_when_its_jobs_cannot_be_recorded(
     response = httpx.post(f"{server.url}/jobs?id=lost&ms=0", timeout=10)
     assert response.status_code == 503
     assert "could not be recorded" in response.text
+    # A response the handler streams itself is held at its headers, and refused there.
+    streamed = httpx.post(f"{server.url}/jobs-streamed?id=lost2&ms=0", timeout=10)
+    assert streamed.status_code == 503
+    assert "could not be recorded" in streamed.text
     assert not runs(Path(env["JOBS_FILE"]))
 
 

@@ -106,6 +106,14 @@ def aiohttp_app() -> object:
         status, text = _accept(query["id"], int(query.get("ms", "100")), query.get("fail") == "1")
         return web.Response(status=status, text=text)
 
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        # Prepared by the handler itself: its headers leave before the middleware sees it.
+        spawn(record_run(request.query["id"], int(request.query.get("ms", "100"))))
+        response = web.StreamResponse(status=202)
+        await response.prepare(request)
+        await response.write(b"accepted\n")
+        return response
+
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(_stats())
 
@@ -117,6 +125,7 @@ def aiohttp_app() -> object:
 
     app = web.Application()
     app.router.add_post("/jobs", jobs)
+    app.router.add_post("/jobs-streamed", streamed)
     app.router.add_get("/_stats", stats)
     app.router.add_get("/dead", dead)
     app.router.add_get("/healthz", healthz)
