@@ -14,7 +14,7 @@ import pytest
 import graceful_web
 from graceful_web import ShutdownInProgress, durable
 from graceful_web._current import current_drain
-from graceful_web.durable import _recovery, _settings
+from graceful_web.durable import _functions, _recovery, _settings
 
 ran: list[tuple[str, int]] = []
 
@@ -28,6 +28,17 @@ async def note(text: str, times: int = 1) -> str:
 @durable.job(name="unit.shout")
 async def shout(text: str) -> str:
     return text.upper()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def jobs_of_this_module_only() -> Iterator[None]:
+    """The jobs above are registered for these tests alone: left registered, they would make
+    every later in-process startup open a store."""
+    mine = {name: job for name, job in _functions.functions.items() if name.startswith("unit.")}
+    _functions.functions.update(mine)
+    yield
+    for name in mine:
+        _functions.functions.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
