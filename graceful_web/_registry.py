@@ -289,6 +289,11 @@ class Registry:
         # Under trio the handle is a TrioJob (cancel(), done(), result(), await wait()).
         return job  # type: ignore[return-value]
 
+    def hands_over_when_cut(self, task: asyncio.Task[Any]) -> None:
+        """``task`` (a durable job) is handed over, not abandoned, if the deadline cuts it."""
+        self.hands_over.add(task)
+        task.add_done_callback(self.hands_over.discard)
+
     def protect(self, awaitable: Awaitable[T], *, name: str | None = None) -> asyncio.Future[T]:
         if asyncio.iscoroutine(awaitable):
             return self.spawn(awaitable, name=name)

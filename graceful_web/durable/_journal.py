@@ -67,11 +67,9 @@ request_records: contextvars.ContextVar[list[asyncio.Future[None]] | None] = (
 )
 
 
-def records_of_request() -> list[asyncio.Future[None]] | None:
-    """A new list of the records the calling request makes, or None when this process has no
-    durable job (then nothing is asked of a request)."""
-    if not functions:
-        return None
+def records_of_request() -> list[asyncio.Future[None]]:
+    """A new list of the records the calling request makes (the adapters ask only when this
+    process has durable jobs)."""
     records: list[asyncio.Future[None]] = []
     request_records.set(records)
     return records
@@ -148,8 +146,7 @@ def spawn(
     if records is not None:
         records.append(future)
     journal.keep_lease()  # (spawned before any adapter's startup, there is none yet)
-    registry.hands_over.add(task)
-    task.add_done_callback(registry.hands_over.discard)
+    registry.hands_over_when_cut(task)
     return task
 
 

@@ -126,8 +126,7 @@ def _start_claimed(journal: Journal, job: Claimed, registry: Registry) -> None:
     )
     # Started in a plain context: not a follow-up of the recovery's own task.
     task = contextvars.Context().run(registry.spawn, coro, name=job.name, loop=journal.loop)
-    registry.hands_over.add(task)
-    task.add_done_callback(registry.hands_over.discard)
+    registry.hands_over_when_cut(task)
 
 
 def _log_dead(job: DeadJob) -> None:
