@@ -24,6 +24,8 @@ START_TIMEOUT = 20.0
 # tests/docker needs a Docker engine and builds images: `make test-docker` runs it.
 collect_ignore = [] if os.environ.get("GRACEFUL_DOCKER_TESTS") == "1" else ["docker"]
 collect_ignore += [] if os.environ.get("GRACEFUL_SWARM_TESTS") == "1" else ["swarm"]
+# tests/reload runs every server through its own reload signal under load: `make test-reload`.
+collect_ignore += [] if os.environ.get("GRACEFUL_RELOAD_TESTS") == "1" else ["reload"]
 
 
 def free_port() -> int:
