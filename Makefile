@@ -37,7 +37,7 @@ release-check: $(DOCS_STAMP)
 # root on Debian) when they are missing.
 UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
 	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py \
-	tests/test_durable_jobs.py
+	tests/test_durable_jobs.py tests/test_connections_at_stop.py
 
 test: $(STAMP)
 	bash .ci/ensure_stores.sh

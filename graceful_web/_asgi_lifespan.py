@@ -124,6 +124,7 @@ class Lifespan:
         self.stop.install(drain)
         task_group.start_soon(self._drain_once_shutting_down, drain)
         task_group.start_soon(self.stop.watch_hypercorn_parent, drain)
+        task_group.start_soon(self.stop.watch_listeners)
         await self.send({"type": "lifespan.startup.complete"})
 
         await self.receive()  # lifespan.shutdown

@@ -15,11 +15,12 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
-from . import _quirks, _signals
+from . import _listeners, _quirks, _signals
 from ._config import Config
 from ._drain import Drain
 from ._report import forced_exit_code
@@ -46,6 +47,8 @@ class ServerStop:
         # The signal that stops the server, for each signal the drain starts on: the same
         # one, or SIGTERM (else SIGINT) for a signal the server does not act on itself.
         self.server_stop: dict[signal.Signals, signal.Signals] = {}
+        self.server_told = False  # the server has been told to stop
+        self.closing: asyncio.Task[None] | None = None
 
     def install(self, drain: Drain) -> None:
         """Put the drain in front of the server's own stop, for the signals configured."""
@@ -135,14 +138,20 @@ class ServerStop:
         stop_signal = self.server_stop.get(sig)
         installed = self.installed
 
-        def stop_server() -> None:
+        def stop_server(again: bool = False) -> None:
+            if self.server_told and not again:
+                return  # told already: by a second signal during the grace
+            self.server_told = True
             if installed is not None and stop_signal is not None:
                 installed.deliver(stop_signal)
+
+        def stop_listening() -> None:
+            self.closing = loop.create_task(self._answer_accepted_then(loop, stop_server))
 
         if drain.draining and self.signalled:
             drain.force(sig.name)
             _register_forced_exit(drain)
-            stop_server()
+            stop_server(again=True)
             # The forced status is the one to leave with, not a re-raised first signal.
             self.forget_captured_signals()
             return
@@ -152,8 +161,34 @@ class ServerStop:
         delay = self.config.pre_stop_delay
         if delay > 0:
             logger.info("pre-stop delay: serving %.1f s more before the server stops", delay)
-            loop.call_later(delay, stop_server)
+            loop.call_later(delay, stop_listening)
         else:
+            stop_listening()
+
+    async def _answer_accepted_then(
+        self, loop: asyncio.AbstractEventLoop, stop_server: Callable[[], None]
+    ) -> None:
+        """Close the listeners now, answer what the server had already accepted and what idle
+        keep-alive clients send within the grace (with ``Connection: close``), then let the
+        server stop as it does, closing what is left. Where the server's connections cannot be
+        read (any server but uvicorn), the server stops at once, as it would bare."""
+        try:
+            server = _quirks.uvicorn_server(loop)
+            listeners = _quirks.uvicorn_listeners(server) if server is not None else []
+            if listeners and _quirks.uvicorn_idle_connections(server) is not None:
+                await _listeners.close_listeners(listeners)
+                await _listeners.answer_idle_connections(
+                    lambda: _quirks.uvicorn_idle_connections(server) or 0,
+                    self.config.idle_connection_grace,
+                )
+            elif "uvicorn.server" in sys.modules:
+                logger.warning(
+                    "uvicorn %s: its server, listeners or connections were not found where "
+                    "graceful_web looks for them; uvicorn stops as it does on its own, closing "
+                    "idle and just-accepted connections unanswered",
+                    _quirks.version_of("uvicorn"),
+                )
+        finally:
             stop_server()
 
     def forget_captured_signals(self) -> list[int]:
@@ -188,6 +223,9 @@ class ServerStop:
         if self.installed is not None:
             self.installed.uninstall()
             self.installed = None
+
+    async def watch_listeners(self) -> None:
+        await _listeners.warn_if_reuse_port_resets()
 
     async def watch_hypercorn_parent(self, drain: Drain) -> None:
         # A hypercorn worker process ignores SIGINT and never sees the SIGTERM its parent got:

@@ -13,8 +13,12 @@ from typing import Any
 DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
 PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
 PROGRESS_INTERVAL_ENV = "GRACEFUL_PROGRESS_INTERVAL"
+IDLE_CONNECTION_GRACE_ENV = "GRACEFUL_IDLE_CONNECTION_GRACE"
 DEFAULT_DRAIN_TIMEOUT = 25.0
 DEFAULT_PROGRESS_INTERVAL = 1.0
+#: How long connections with no request in progress stay open once the listeners have closed
+#: (at most a quarter of the drain deadline when none is given).
+DEFAULT_IDLE_CONNECTION_GRACE = 1.0
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
@@ -38,6 +42,7 @@ class Config:
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # 0 turns the progress lines off
     on_drain_started: Hook | None = None
     on_drain_finished: Hook | None = None
+    idle_connection_grace: float = DEFAULT_IDLE_CONNECTION_GRACE  # 0: closed at once
 
     @classmethod
     def build(
@@ -51,6 +56,7 @@ class Config:
         progress_interval: float | None = None,
         on_drain_started: Hook | None = None,
         on_drain_finished: Hook | None = None,
+        idle_connection_grace: float | None = None,
     ) -> Config:
         timeout = _seconds(
             "drain_timeout", drain_timeout, DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT, False
@@ -72,6 +78,19 @@ class Config:
             DEFAULT_PROGRESS_INTERVAL,
             True,
         )
+        idle_grace = _seconds(
+            "idle_connection_grace",
+            idle_connection_grace,
+            IDLE_CONNECTION_GRACE_ENV,
+            min(DEFAULT_IDLE_CONNECTION_GRACE, (timeout - delay) / 4),
+            True,
+        )
+        if idle_grace >= timeout - delay:
+            raise ValueError(
+                f"idle_connection_grace ({idle_grace:g} s) must be shorter than drain_timeout "
+                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): the grace is spent inside "
+                f"the one drain deadline, after the listeners close"
+            )
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
         ):
@@ -88,6 +107,7 @@ class Config:
             progress_interval=interval,
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
+            idle_connection_grace=idle_grace,
         )
 
 

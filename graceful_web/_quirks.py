@@ -50,6 +50,99 @@ def uvicorn_captured_signals(sig: signal.Signals) -> list[int] | None:
     return None
 
 
+def _awaited_frames(task: asyncio.Task[Any]) -> list[Any]:
+    """The frames of the coroutines ``task`` is awaiting, outermost first."""
+    frames: list[Any] = []
+    try:
+        coro: Any = task.get_coro()
+    except Exception:
+        return frames
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None)
+    return frames
+
+
+def uvicorn_server(loop: asyncio.AbstractEventLoop) -> Any:
+    """uvicorn's ``Server`` serving on ``loop`` (the ``self`` of its ``serve`` or ``_serve``
+    coroutine, which the main task awaits; under gunicorn's UvicornWorker, the worker's own
+    ``_serve`` awaits it), or None."""
+    for task in asyncio.all_tasks(loop):
+        for frame in _awaited_frames(task):
+            if frame.f_globals.get("__name__") == "uvicorn.server" and frame.f_code.co_name in (
+                "serve",
+                "_serve",
+            ):
+                server = frame.f_locals.get("self")
+                if server is not None:
+                    return server
+    return None
+
+
+def uvicorn_listeners(server: Any) -> list[Any]:
+    """The listening ``asyncio.Server`` objects of a uvicorn ``Server`` (``Server.servers``)."""
+    servers = getattr(server, "servers", None)
+    if not isinstance(servers, list) or not all(hasattr(s, "close") for s in servers):
+        return []
+    return servers
+
+
+def uvicorn_idle_connections(server: Any) -> int | None:
+    """How many of a uvicorn server's HTTP connections have no request in progress: the ones
+    its own shutdown would close at once (``ServerState.connections``, each protocol's
+    ``cycle``); None when the shape is not the one known."""
+    connections = getattr(getattr(server, "server_state", None), "connections", None)
+    if not isinstance(connections, set):
+        return None
+    idle = 0
+    for protocol in list(connections):
+        if not hasattr(protocol, "cycle"):
+            continue  # a websocket: the drain's business, never idle
+        cycle = protocol.cycle
+        if cycle is None or getattr(cycle, "response_complete", False):
+            idle += 1
+    return idle
+
+
+# -- aiohttp -----------------------------------------------------------------------------
+
+
+def aiohttp_runner(task: asyncio.Task[Any] | None, runner_class: type, app: object) -> Any:
+    """The runner serving ``app``, found among the locals of the coroutines of the task that
+    started it (run_app's ``_run_app``, GunicornWebWorker's ``_run``, an ``AppRunner`` of the
+    user's own main), or None."""
+    if task is None or task.done():
+        return None
+    for frame in _awaited_frames(task):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, runner_class) and getattr(value, "app", None) is app:
+                return value
+    return None
+
+
+def aiohttp_site_listener(site: Any) -> Any:
+    """The listening ``asyncio.Server`` of an aiohttp site (``BaseSite._server``), or None."""
+    server = getattr(site, "_server", None)
+    return server if hasattr(server, "close") and hasattr(server, "sockets") else None
+
+
+def aiohttp_idle_connections(server: Any) -> int | None:
+    """How many connections of an aiohttp ``web.Server`` have no request in progress nor one
+    read and waiting (``RequestHandler._request_in_progress``, ``_messages``); None when the
+    shape is not the one known."""
+    idle = 0
+    for handler in server.connections:
+        in_progress = getattr(handler, "_request_in_progress", None)
+        messages = getattr(handler, "_messages", None)
+        if not isinstance(in_progress, bool) or messages is None:
+            return None
+        if not in_progress and not messages:
+            idle += 1
+    return idle
+
+
 # -- hypercorn ---------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
-from . import _census, _quirks, _signals
+from . import _census, _listeners, _quirks, _signals
 from ._config import Config
 from ._current import current_drain, request_done
 from ._drain import Drain, process
@@ -47,10 +47,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class _AppState:
     config: Config
     handle_signals: bool
+    app: web.Application | None = None
     drain: Drain | None = None
     installed: _signals.Installed | None = None
     server_task: asyncio.Task[object] | None = None
     server_stopped: bool = False
+    closing: asyncio.Task[None] | None = None
+    watching_listeners: asyncio.Task[None] | None = None
     cancelled_server_task: bool = False
 
 
@@ -143,6 +146,7 @@ async def _on_startup(app: web.Application) -> None:
     drain = current_drain()
     drain.configure(state.config)
     state.drain = drain
+    state.app = app
     state.server_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     await _recovery.start()
@@ -160,6 +164,7 @@ async def _on_startup(app: web.Application) -> None:
     # (closing websockets in on_shutdown keeps working, and is then part of the drain).
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
+    state.watching_listeners = loop.create_task(_listeners.warn_if_reuse_port_resets())
 
 
 def _on_signal(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
@@ -174,8 +179,41 @@ def _on_signal(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Si
     delay = state.config.pre_stop_delay
     if delay > 0:
         logger.info("pre-stop delay: serving %.1f s more before closing the listeners", delay)
-        loop.call_later(delay, _stop_server, state, sig)
+        loop.call_later(delay, _stop_listening, state, loop, sig)
     else:
+        _stop_listening(state, loop, sig)
+
+
+def _stop_listening(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+    state.closing = loop.create_task(_answer_accepted_then_stop(state, sig))
+
+
+async def _answer_accepted_then_stop(state: _AppState, sig: signal.Signals) -> None:
+    """Close the listeners now, answer what was already accepted and what idle keep-alive
+    clients send within the grace (with ``Connection: close``), then stop the server as its
+    signal handler does: aiohttp closes the connections still idle and shuts down."""
+    try:
+        runner = _quirks.aiohttp_runner(state.server_task, web.BaseRunner, state.app)
+        if runner is None or runner.server is None:
+            logger.warning(
+                "aiohttp %s: the runner serving this app was not found where graceful_web "
+                "looks for it; aiohttp stops as it does on its own, closing idle and "
+                "just-accepted connections unanswered",
+                aiohttp_version,
+            )
+            return
+        sites = list(runner.sites)
+        listeners = [_quirks.aiohttp_site_listener(site) for site in sites]
+        await _listeners.close_listeners([listener for listener in listeners if listener])
+        for site in sites:
+            await site.stop()  # closed already: this takes it out of the runner
+        server = runner.server
+        if _quirks.aiohttp_idle_connections(server) is not None:
+            await _listeners.answer_idle_connections(
+                lambda: _quirks.aiohttp_idle_connections(server) or 0,
+                state.config.idle_connection_grace,
+            )
+    finally:
         _stop_server(state, sig)
 
 
@@ -231,6 +269,8 @@ async def _close_idle_connections(state: _AppState) -> None:
 
 async def _on_cleanup(app: web.Application) -> None:
     state = app[_STATE]
+    if state.watching_listeners is not None:
+        state.watching_listeners.cancel()
     if state.installed is not None:
         state.installed.uninstall()
         state.installed = None

@@ -214,6 +214,7 @@ def main() -> None:
         access_log=None,
         handle_signals=os.environ.get("HANDLE_SIGNALS", "1") != "0",
         shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "60")),
+        reuse_port=os.environ.get("REUSE_PORT") == "1" or None,
     )
 
 

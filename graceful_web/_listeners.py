@@ -1,0 +1,166 @@
+"""How a server process stops listening without leaving a connection unanswered.
+
+A client's request can be lost at a stop in three places, none of them in the application:
+
+- **The accept queue.** Connections the kernel has completed but the process has not yet
+  accepted wait in the listening socket's queue. A socket shared with other processes
+  (gunicorn's, uvicorn's and hypercorn's workers share the parent's) keeps its queue when one
+  process closes its copy. A socket this process alone holds (a single-process server's, or
+  one bound with ``SO_REUSEPORT``: aiohttp's ``reuse_port=True``, granian's workers) takes its
+  queue with it: the kernel resets those connections (for ``SO_REUSEPORT``, unless
+  ``net.ipv4.tcp_migrate_req`` is 1 and it moves them to another socket on the port). So the
+  loop is first let to accept what is queued, then every listener closes in the same step.
+- **Accepted, not yet read.** A connection accepted a moment before the listener closed has
+  no request yet: servers close it as idle at once. Its request is usually on its way.
+- **Idle keep-alive.** A client may be writing its next request on a connection the server is
+  closing; it sees the connection reset and cannot know whether the request was handled.
+
+HTTP/1.1 cannot tell an idle client to go away, so, as Envoy and nginx do, a closing server
+answers every request with ``Connection: close`` and keeps connections with no request in
+progress open for a short grace (``idle_connection_grace``) after the listeners closed: a
+request already sent, or about to be, is read and answered; then the server closes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+logger = logging.getLogger("graceful_web")
+
+#: How often the grace looks at the connections still idle.
+IDLE_POLL = 0.01
+#: The longest the loop is given to accept what waits in a reuse-port socket's queue.
+ACCEPT_QUEUE_LIMIT = 0.2
+TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def _reuse_port(sock: Any) -> bool:
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    if reuse_port is None:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, reuse_port))
+    except (OSError, AttributeError):
+        return False
+
+
+def _queued(fds: Sequence[int]) -> bool:
+    """Whether any of these listening sockets has a connection waiting to be accepted."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+async def close_listeners(servers: Sequence[Any]) -> None:
+    """Close every listening server (``asyncio.Server`` or one like it: ``sockets``,
+    ``close()``). The connections queued on their sockets are accepted first, by the loop as it
+    would accept any: a socket this process alone holds (a single-process server's, or one
+    bound with ``SO_REUSEPORT``) resets them as it closes. On a socket shared with other
+    workers, the few taken this way are answered here rather than there."""
+    fds: list[int] = []
+    for server in servers:
+        for sock in getattr(server, "sockets", None) or ():
+            with contextlib.suppress(OSError, ValueError):
+                fds.append(sock.fileno())
+    if fds:
+        give_up = time.monotonic() + ACCEPT_QUEUE_LIMIT
+        while _queued(fds) and time.monotonic() < give_up:
+            await asyncio.sleep(0)  # the loop's reader accepts them
+    # From the last look at the queues to the close, nothing is awaited: no loop turn, so
+    # nothing new is left queued but what arrived in these few microseconds.
+    for server in servers:
+        server.close()
+
+
+async def answer_idle_connections(idle: Callable[[], int], grace: float) -> None:
+    """Wait until no connection is left without a request in progress, or ``grace`` is over.
+
+    Called once the listeners are closed, while responses say ``Connection: close``: a
+    connection carrying a request is answered and closed by the server; one still idle at the
+    end is the server's to close."""
+    give_up = time.monotonic() + grace
+    while idle() and time.monotonic() < give_up:
+        await asyncio.sleep(IDLE_POLL)
+
+
+# -- SO_REUSEPORT without tcp_migrate_req -----------------------------------------------------
+
+_warned_reuse_port = False
+
+#: How long after startup the process's listening sockets are looked for (servers bind them
+#: after the application's startup), and how often.
+LISTENERS_WATCH = 10.0
+LISTENERS_POLL = 0.1
+
+
+def reuse_port_listeners() -> list[str]:
+    """The addresses this process listens on with ``SO_REUSEPORT`` (read from its open
+    files: servers do not say how they bound their sockets)."""
+    found: list[str] = []
+    fd_dir = Path("/proc/self/fd")
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(entry.name)))
+        except (OSError, ValueError):
+            continue
+        with sock:
+            try:
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            except OSError:
+                continue
+            inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            if listening and inet and _reuse_port(sock):
+                host, port = sock.getsockname()[:2]
+                found.append(f"{host}:{port}")
+    return sorted(set(found))
+
+
+def migrates_requests() -> bool | None:
+    """``net.ipv4.tcp_migrate_req`` of this network namespace; None where there is none."""
+    try:
+        return TCP_MIGRATE_REQ.read_text().strip() != "0"
+    except OSError:
+        return None
+
+
+async def warn_if_reuse_port_resets() -> None:
+    """Once the server listens: say once, in its log, that connections queued on an
+    ``SO_REUSEPORT`` socket of this process are reset when it stops listening, while the
+    kernel does not migrate them."""
+    global _warned_reuse_port
+    if _warned_reuse_port or migrates_requests() is not False:
+        return
+    give_up = time.monotonic() + LISTENERS_WATCH
+    while not (addresses := reuse_port_listeners()):
+        if time.monotonic() > give_up:
+            return
+        await anyio.sleep(LISTENERS_POLL)  # under trio too (hypercorn's trio worker)
+    if _warned_reuse_port:
+        return
+    _warned_reuse_port = True
+    logger.warning(
+        "this process listens on %s with SO_REUSEPORT while net.ipv4.tcp_migrate_req is 0: "
+        "when it stops listening (a reload, a restart beside a second process), the kernel "
+        "resets the connections waiting in its queue that graceful_web could not accept in "
+        "time. Set net.ipv4.tcp_migrate_req=1 (sysctl -w, and in /etc/sysctl.d/) so they move "
+        "to another process on the port",
+        ", ".join(addresses),
+    )
