@@ -84,6 +84,7 @@ def setup(
     progress_interval: float | None = None,
     on_drain_started: DrainStartedCallback | None = None,
     on_drain_finished: DrainFinishedCallback | None = None,
+    idle_connection_grace: float | None = None,
 ) -> None:
     """Tie graceful draining into ``app``'s startup and shutdown.
 
@@ -100,6 +101,11 @@ def setup(
     ``GRACEFUL_PROGRESS_INTERVAL``, else 1; 0 turns it off). ``on_drain_started(reason)`` and
     ``on_drain_finished(report)``, plain or async, run as the drain starts and ends, each
     bounded by the deadline.
+
+    Once the listeners close, connections with no request in progress stay open for
+    ``idle_connection_grace`` seconds (else ``GRACEFUL_IDLE_CONNECTION_GRACE``, else 1, at most
+    a quarter of the deadline): a request already on its way on one is answered, with
+    ``Connection: close``, instead of being cut off.
     """
     _check_aiohttp_version()
     if not isinstance(app, web.Application):
@@ -115,6 +121,7 @@ def setup(
         progress_interval=progress_interval,
         on_drain_started=on_drain_started,
         on_drain_finished=on_drain_finished,
+        idle_connection_grace=idle_connection_grace,
     )
     if config.readiness_path is not None:
         _add_readiness_route(app, config.readiness_path)

@@ -64,6 +64,11 @@ class GracefulLifespan:
     Websockets still open ``websocket_close_grace`` seconds into the drain are closed with
     1001. ``handle_signals=False`` leaves the signals to the server alone: the drain then
     starts at lifespan shutdown.
+
+    Under uvicorn (and gunicorn's UvicornWorker), once the listeners close, connections with
+    no request in progress stay open for ``idle_connection_grace`` seconds (else
+    ``GRACEFUL_IDLE_CONNECTION_GRACE``, else 1, at most a quarter of the deadline): a request
+    already on its way on one is answered, with ``Connection: close``, instead of being cut off.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class GracefulLifespan:
         progress_interval: float | None = None,
         on_drain_started: DrainStartedCallback | None = None,
         on_drain_finished: DrainFinishedCallback | None = None,
+        idle_connection_grace: float | None = None,
     ) -> None:
         _check_asgi3(app)
         self.app = app
@@ -92,6 +98,7 @@ class GracefulLifespan:
             progress_interval=progress_interval,
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
+            idle_connection_grace=idle_connection_grace,
         )
         if websocket_close_grace is None:
             websocket_close_grace = min(
