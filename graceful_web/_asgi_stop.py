@@ -236,6 +236,16 @@ class ServerStop:
         _warn_if_hypercorn_grace_is_short(self.config.drain_timeout)
         while not stop_event.is_set():
             await anyio.sleep(SHUTDOWN_EVENT_POLL)
+        # The parent sets the same event for SIGHUP as for SIGTERM, and starts new workers only
+        # once every old one has exited: a reload pauses the whole service for the drain.
+        logger.warning(
+            "hypercorn is stopping every worker at once; if this is a reload (SIGHUP), new "
+            "workers start only after all of them have exited: new connections wait in the "
+            "listen backlog until then (up to the drain, %g s, plus the new workers' "
+            "startup). For reloads that overlap, use uvicorn --workers, gunicorn or granian, "
+            "which replace workers one at a time",
+            self.config.drain_timeout,
+        )
         if not drain.draining:
             self.signalled = True
             drain.begin("SIGTERM")
