@@ -146,6 +146,52 @@ def test_uvicorn_keeps_the_signals_it_reraises_in_a_list() -> None:
         signal.signal(signal.SIGINT, saved[1])
 
 
+def test_uvicorn_servers_show_their_listeners_and_idle_connections() -> None:
+    # At a stop the drain closes uvicorn's listeners itself and waits, for a short grace, for
+    # the connections uvicorn's own shutdown would close unanswered: those with no request.
+    import uvicorn
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            for _ in range(500):
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+            assert _quirks.uvicorn_server(asyncio.get_running_loop()) is server, _canary(
+                "uvicorn", "Server.serve (the coroutine frame that holds the server)"
+            )
+            listeners = _quirks.uvicorn_listeners(server)
+            assert listeners, _canary("uvicorn", "Server.servers")
+            port = listeners[0].sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(500):
+                if _quirks.uvicorn_idle_connections(server) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert _quirks.uvicorn_idle_connections(server) == 1, _canary(
+                "uvicorn", "ServerState.connections (a protocol's cycle, before any request)"
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b"ok")
+            assert _quirks.uvicorn_idle_connections(server) == 1, _canary(
+                "uvicorn", "RequestResponseCycle.response_complete (idle once answered)"
+            )
+            writer.close()
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+
+    asyncio.run(scenario())
+
+
 # -- hypercorn -------------------------------------------------------------------------------
 
 
@@ -198,6 +244,38 @@ async def test_aiohttp_connection_tasks_lead_to_their_server(
     assert [type(server) for server in servers] == [web.Server], _canary(
         "aiohttp", "RequestHandler.start (its task's frame and self._manager)"
     )
+
+
+async def test_aiohttp_runner_sites_and_connections_are_found_for_the_drain() -> None:
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        this_task = asyncio.current_task()
+        assert _quirks.aiohttp_runner(this_task, web.BaseRunner, app) is runner, _canary(
+            "aiohttp", "the runner among the locals of the task that started it"
+        )
+        listener = _quirks.aiohttp_site_listener(site)
+        assert listener is not None, _canary("aiohttp", "BaseSite._server")
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        server = runner.server
+        assert server is not None
+        for _ in range(500):
+            if _quirks.aiohttp_idle_connections(server) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert _quirks.aiohttp_idle_connections(server) == 1, _canary(
+            "aiohttp", "RequestHandler._request_in_progress and _messages"
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"hello")
+        writer.close()
+    finally:
+        await runner.cleanup()
 
 
 async def _hello(request: web.Request) -> web.Response:
