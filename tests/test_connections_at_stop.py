@@ -27,19 +27,15 @@ LOOP = os.environ.get("LOOP", "asyncio")
 GRACE = 3.0  # long enough for the test to send its requests after the listener has closed
 ENV = {"GRACEFUL_IDLE_CONNECTION_GRACE": str(GRACE), "GRACEFUL_DRAIN_TIMEOUT": "10"}
 
-SERVERS = {
+UVICORN_WORKER = "UvicornWorker" if LOOP == "uvloop" else "UvicornH11Worker"
+GUNICORN = [sys.executable, "-m", "gunicorn", "-k", f"uvicorn_worker.{UVICORN_WORKER}",
+            "-b", "127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "20",
+            "tests.apps.asgi_app:app"]  # fmt: skip
+SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "uvicorn h11": (["tests.apps.asgi_app"], {"HTTP": "h11", "LOOP": LOOP}),
     "uvicorn httptools": (["tests.apps.asgi_app"], {"HTTP": "httptools", "LOOP": LOOP}),
     "aiohttp run_app": (["tests.apps.aiohttp_app"], {"LOOP": LOOP}),
-    "gunicorn UvicornWorker": (
-        [
-            sys.executable, "-m", "gunicorn", "-k",
-            "uvicorn_worker.UvicornWorker" if LOOP == "uvloop" else "uvicorn_worker.UvicornH11Worker",
-            "-b", "127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "20",
-            "tests.apps.asgi_app:app",
-        ],  # fmt: skip
-        {},
-    ),
+    "gunicorn UvicornWorker": (GUNICORN, {}),
 }
 
 
