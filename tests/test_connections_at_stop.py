@@ -31,11 +31,16 @@ UVICORN_WORKER = "UvicornWorker" if LOOP == "uvloop" else "UvicornH11Worker"
 GUNICORN = [sys.executable, "-m", "gunicorn", "-k", f"uvicorn_worker.{UVICORN_WORKER}",
             "-b", "127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "20",
             "tests.apps.asgi_app:app"]  # fmt: skip
+AIOHTTP_WORKER = "GunicornUVLoopWebWorker" if LOOP == "uvloop" else "GunicornWebWorker"
+GUNICORN_AIOHTTP = [sys.executable, "-m", "gunicorn", "-k", f"aiohttp.{AIOHTTP_WORKER}",
+                    "-b", "127.0.0.1:{port}", "--workers", "1", "--graceful-timeout", "20",
+                    "tests.apps.aiohttp_app:build()"]  # fmt: skip
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
     "uvicorn h11": (["tests.apps.asgi_app"], {"HTTP": "h11", "LOOP": LOOP}),
     "uvicorn httptools": (["tests.apps.asgi_app"], {"HTTP": "httptools", "LOOP": LOOP}),
     "aiohttp run_app": (["tests.apps.aiohttp_app"], {"LOOP": LOOP}),
     "gunicorn UvicornWorker": (GUNICORN, {}),
+    "gunicorn GunicornWebWorker": (GUNICORN_AIOHTTP, {}),
 }
 
 
