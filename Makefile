@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean docs release-check
+.PHONY: demo test lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean docs release-check \
+	test-reload reload-table
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +94,20 @@ matrix: $(STAMP)
 	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
 		tests/test_servers_and_loops.py -k "drains_on_its_loop"
 	$(PY) -m tests._matrix_table .matrix-figures.jsonl
+
+# Reloads on one host (tests/reload): every multi-worker server reloaded twice by its own reload
+# signal under load, with graceful_web and bare (GRACEFUL=0), as real processes on 127.0.0.1.
+test-reload: $(STAMP)
+	GRACEFUL_RELOAD_TESTS=1 $(PY) -m pytest -q tests/reload
+
+# make test-reload recording each run's figures; writes the table in docs/reloads.md from what
+# was recorded even when a test failed (a run records its figures before its checks), then
+# fails as the tests did.
+reload-table: $(STAMP)
+	rm -f .reload-figures.jsonl
+	GRACEFUL_RELOAD_FIGURES=$(CURDIR)/.reload-figures.jsonl GRACEFUL_RELOAD_TESTS=1 \
+		$(PY) -m pytest -q -p no:cacheprovider tests/reload; status=$$?; \
+		$(PY) -m tests._reload_table .reload-figures.jsonl && exit $$status
 
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web
