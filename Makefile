@@ -96,14 +96,18 @@ matrix: $(STAMP)
 	$(PY) -m tests._matrix_table .matrix-figures.jsonl
 
 # Reloads on one host (tests/reload): every multi-worker server reloaded twice by its own reload
-# signal under load, with graceful_web and bare (GRACEFUL=0), as real processes on 127.0.0.1.
+# signal under load, with graceful_web and bare (GRACEFUL=0), as real processes on 127.0.0.1;
+# behind nginx (.ci/ensure_nginx.sh installs it, as root on Debian, when it is missing); with
+# SO_REUSEPORT in network namespaces the tests make (unshare, as root or in a user namespace).
 test-reload: $(STAMP)
+	bash .ci/ensure_nginx.sh
 	GRACEFUL_RELOAD_TESTS=1 $(PY) -m pytest -q tests/reload
 
 # make test-reload recording each run's figures; writes the table in docs/reloads.md from what
 # was recorded even when a test failed (a run records its figures before its checks), then
 # fails as the tests did.
 reload-table: $(STAMP)
+	bash .ci/ensure_nginx.sh
 	rm -f .reload-figures.jsonl
 	GRACEFUL_RELOAD_FIGURES=$(CURDIR)/.reload-figures.jsonl GRACEFUL_RELOAD_TESTS=1 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/reload; status=$$?; \
