@@ -246,10 +246,22 @@ class ServerStop:
             "which replace workers one at a time",
             self.config.drain_timeout,
         )
+        # Once one worker has exited, the parent sends the others SIGTERM, whose default action
+        # would end a worker still draining, with its jobs: the drain, bounded by its deadline
+        # and its watchdog, decides when this worker ends.
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, _drain_goes_on)
         if not drain.draining:
             self.signalled = True
             drain.begin("SIGTERM")
             drain.arm_watchdog()
+
+
+def _drain_goes_on(signum: int, frame: Any) -> None:
+    logger.info(
+        "hypercorn's parent sent SIGTERM to this worker, still draining: the drain goes on to "
+        "its end or its deadline"
+    )
 
 
 _teardown_watchers: set[asyncio.Task[None]] = set()

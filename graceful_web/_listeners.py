@@ -42,6 +42,9 @@ logger = logging.getLogger("graceful_web")
 IDLE_POLL = 0.01
 #: The longest the loop is given to accept what waits in a reuse-port socket's queue.
 ACCEPT_QUEUE_LIMIT = 0.2
+#: Loop turns from asyncio's accept to the connection's transport and protocol (one, and a
+#: spare).
+ATTACH_TURNS = 2
 TCP_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
@@ -78,8 +81,15 @@ async def close_listeners(servers: Sequence[Any]) -> None:
         give_up = time.monotonic() + ACCEPT_QUEUE_LIMIT
         while _queued(fds) and time.monotonic() < give_up:
             await asyncio.sleep(0)  # the loop's reader accepts them
-    # From the last look at the queues to the close, nothing is awaited: no loop turn, so
-    # nothing new is left queued but what arrived in these few microseconds.
+        # Then stop accepting, without closing yet: asyncio attaches a connection to its server
+        # one loop turn after accepting it, and drops it, unread, if the server closed in
+        # between. (uvloop accepts otherwise and has no such reader: nothing to remove.)
+        loop = asyncio.get_running_loop()
+        for fd in fds:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+        for _ in range(ATTACH_TURNS):
+            await asyncio.sleep(0)
     for server in servers:
         server.close()
 
