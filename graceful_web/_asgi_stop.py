@@ -236,6 +236,13 @@ class ServerStop:
         _warn_if_hypercorn_grace_is_short(self.config.drain_timeout)
         while not stop_event.is_set():
             await anyio.sleep(SHUTDOWN_EVENT_POLL)
+        # hypercorn looks at the event every 100 ms, closes every idle connection, and only then
+        # its listeners: a client reconnecting meanwhile (the drain answers with Connection:
+        # close) reaches this worker only to be dropped. Closed now, the socket the parent
+        # holds keeps such connections for the new workers.
+        listeners = _quirks.hypercorn_listeners(asyncio.get_running_loop()) if _on_asyncio() else []
+        if listeners:
+            await _listeners.close_listeners(listeners, accept_queued=False)
         # The parent sets the same event for SIGHUP as for SIGTERM, and starts new workers only
         # once every old one has exited: a reload pauses the whole service for the drain.
         logger.warning(
@@ -255,6 +262,10 @@ class ServerStop:
             self.signalled = True
             drain.begin("SIGTERM")
             drain.arm_watchdog()
+
+
+def _on_asyncio() -> bool:
+    return asyncio.events._get_running_loop() is not None  # None, not an error, under trio
 
 
 def _drain_goes_on(signum: int, frame: Any) -> None:

@@ -66,12 +66,13 @@ def _queued(fds: Sequence[int]) -> bool:
     return bool(poller.poll(0))
 
 
-async def close_listeners(servers: Sequence[Any]) -> None:
+async def close_listeners(servers: Sequence[Any], *, accept_queued: bool = True) -> None:
     """Close every listening server (``asyncio.Server`` or one like it: ``sockets``,
     ``close()``). The connections queued on their sockets are accepted first, by the loop as it
     would accept any: a socket this process alone holds (a single-process server's, or one
     bound with ``SO_REUSEPORT``) resets them as it closes. On a socket shared with other
-    workers, the few taken this way are answered here rather than there."""
+    workers, the few taken this way are answered here rather than there; ``accept_queued=False``
+    leaves them to the other workers, for a server that will not answer them here."""
     fds: list[int] = []
     for server in servers:
         for sock in getattr(server, "sockets", None) or ():
@@ -79,7 +80,7 @@ async def close_listeners(servers: Sequence[Any]) -> None:
                 fds.append(sock.fileno())
     if fds:
         give_up = time.monotonic() + ACCEPT_QUEUE_LIMIT
-        while _queued(fds) and time.monotonic() < give_up:
+        while accept_queued and _queued(fds) and time.monotonic() < give_up:
             await asyncio.sleep(0)  # the loop's reader accepts them
         # Then stop accepting, without closing yet: asyncio attaches a connection to its server
         # one loop turn after accepting it, and drops it, unread, if the server closed in

@@ -168,6 +168,21 @@ def hypercorn_parent_stop_event() -> Any:
     return None
 
 
+def hypercorn_listeners(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """The listening ``asyncio.Server`` objects of hypercorn's asyncio worker serving on
+    ``loop`` (the ``servers`` list of ``hypercorn.asyncio.run.worker_serve``)."""
+    for task in asyncio.all_tasks(loop):
+        for frame in _awaited_frames(task):
+            if (
+                frame.f_globals.get("__name__") == "hypercorn.asyncio.run"
+                and frame.f_code.co_name == "worker_serve"
+            ):
+                servers = frame.f_locals.get("servers")
+                if isinstance(servers, list) and all(hasattr(s, "close") for s in servers):
+                    return servers
+    return []
+
+
 def hypercorn_graceful_timeout() -> float | None:
     """The parent's ``graceful_timeout`` in a hypercorn worker process."""
     for argument in hypercorn_worker_arguments():

@@ -228,6 +228,41 @@ def test_hypercorn_workers_carry_their_config_and_stop_event() -> None:
         multiprocessing.process._current_process = saved  # type: ignore[attr-defined]
 
 
+def test_hypercorn_asyncio_workers_keep_their_listeners_in_worker_serve() -> None:
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.config import Config
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async def scenario() -> list[Any]:
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            worker_serve(lambda: app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        )
+        found: list[Any] = []
+        try:
+            for _ in range(500):
+                found = _quirks.hypercorn_listeners(asyncio.get_running_loop())
+                if found:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 10)
+        return found
+
+    listeners = asyncio.run(scenario())
+    assert listeners and all(isinstance(s, asyncio.Server) for s in listeners), _canary(
+        "hypercorn", "hypercorn.asyncio.run.worker_serve (its servers list)"
+    )
+
+
 # -- aiohttp ---------------------------------------------------------------------------------
 
 
