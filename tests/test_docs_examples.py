@@ -67,6 +67,8 @@ LOG_SHAPES = [
         r"abandoned (request|job) '[^']+' after [\d.]+ s",
         r"hard exit with status 70: protected work did not stop [\d.]+ s after the deadline "
         r"\(.+\)",
+        r"this process listens on .+ with SO_REUSEPORT while net\.ipv4\.tcp_migrate_req is 0: "
+        r".+",
     )
 ]
 LOGGED = re.compile(r"graceful_web: (?P<message>.*)$")
