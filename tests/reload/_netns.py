@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..conftest import ROOT
 
@@ -47,7 +48,7 @@ def emit(result: dict[str, object]) -> None:
     print(json.dumps(result, sort_keys=True), flush=True)
 
 
-def run_in_new_netns(module: str, args: list[str], timeout: float) -> list[dict[str, object]]:
+def run_in_new_netns(module: str, args: list[str], timeout: float) -> list[dict[str, Any]]:
     """``python -m module args`` in a new network namespace; the JSON lines it printed."""
     unshare = shutil.which("unshare")
     assert unshare, "unshare (util-linux) is needed to make a network namespace"
