@@ -66,19 +66,56 @@ def _queued(fds: Sequence[int]) -> bool:
     return bool(poller.poll(0))
 
 
+def _queue_no_more(fds: Sequence[int]) -> None:
+    """Shrink to nothing the accept queue of each ``SO_REUSEPORT`` socket this process alone
+    holds: until it closes, the kernel keeps steering new connections to it, and would reset
+    those it queued there. With no room, it drops their SYN instead; the client sends it again a
+    second later and reaches another socket on the port. Not for a socket the parent holds too
+    (gunicorn's ``--reuse-port``): its queue is the other workers' as well."""
+    parent_sockets = _socket_inodes(os.getppid())
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            if _reuse_port(sock) and _inode(fd) not in parent_sockets:
+                with contextlib.suppress(OSError):
+                    sock.listen(0)
+
+
+def _inode(fd: int, pid: str = "self") -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    return {link for name in names if (link := _inode(int(name), str(pid))).startswith("socket:")}
+
+
 async def close_listeners(servers: Sequence[Any], *, accept_queued: bool = True) -> None:
     """Close every listening server (``asyncio.Server`` or one like it: ``sockets``,
     ``close()``). The connections queued on their sockets are accepted first, by the loop as it
     would accept any: a socket this process alone holds (a single-process server's, or one
     bound with ``SO_REUSEPORT``) resets them as it closes. On a socket shared with other
     workers, the few taken this way are answered here rather than there; ``accept_queued=False``
-    leaves them to the other workers, for a server that will not answer them here."""
+    leaves them to the other workers, for a server that will not answer them here. While the
+    kernel does not move queued connections (``tcp_migrate_req`` 0), an ``SO_REUSEPORT``
+    socket of this process's own takes no new ones meanwhile (``_queue_no_more``)."""
     fds: list[int] = []
     for server in servers:
         for sock in getattr(server, "sockets", None) or ():
             with contextlib.suppress(OSError, ValueError):
                 fds.append(sock.fileno())
     if fds:
+        if accept_queued and migrates_requests() is False:
+            _queue_no_more(fds)
         give_up = time.monotonic() + ACCEPT_QUEUE_LIMIT
         while accept_queued and _queued(fds) and time.monotonic() < give_up:
             await asyncio.sleep(0)  # the loop's reader accepts them
