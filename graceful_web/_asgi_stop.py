@@ -13,9 +13,11 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -234,6 +236,17 @@ class ServerStop:
         if stop_event is None:
             return
         _warn_if_hypercorn_grace_is_short(self.config.drain_timeout)
+        if _seconds_after_parent() > REPLACEMENT_AFTER:
+            # The parent sets the same stop event for SIGHUP as for SIGTERM, and starts new
+            # workers only once every old one has exited: a reload paused the whole service.
+            logger.warning(
+                "this hypercorn worker replaces one stopped by a reload: hypercorn stops every "
+                "worker and starts new ones only once all have exited, so new connections "
+                "waited in the listen backlog for the old workers' drain (up to %g s) and this "
+                "worker's startup. For reloads that overlap, use uvicorn --workers, gunicorn or "
+                "granian, which replace workers one at a time",
+                self.config.drain_timeout,
+            )
         while not stop_event.is_set():
             await anyio.sleep(SHUTDOWN_EVENT_POLL)
         # hypercorn looks at the event every 100 ms, closes every idle connection, and only then
@@ -243,16 +256,6 @@ class ServerStop:
         listeners = _quirks.hypercorn_listeners(asyncio.get_running_loop()) if _on_asyncio() else []
         if listeners:
             await _listeners.close_listeners(listeners, accept_queued=False)
-        # The parent sets the same event for SIGHUP as for SIGTERM, and starts new workers only
-        # once every old one has exited: a reload pauses the whole service for the drain.
-        logger.warning(
-            "hypercorn is stopping every worker at once; if this is a reload (SIGHUP), new "
-            "workers start only after all of them have exited: new connections wait in the "
-            "listen backlog until then (up to the drain, %g s, plus the new workers' "
-            "startup). For reloads that overlap, use uvicorn --workers, gunicorn or granian, "
-            "which replace workers one at a time",
-            self.config.drain_timeout,
-        )
         # Once one worker has exited, the parent sends the others SIGTERM, whose default action
         # would end a worker still draining, with its jobs: the drain, bounded by its deadline
         # and its watchdog, decides when this worker ends.
@@ -262,6 +265,27 @@ class ServerStop:
             self.signalled = True
             drain.begin("SIGTERM")
             drain.arm_watchdog()
+
+
+#: A hypercorn worker started this long after its parent replaces one (the first ones start
+#: with the parent, within a second).
+REPLACEMENT_AFTER = 3.0
+
+
+def _seconds_after_parent() -> float:
+    """How long after its parent this process started (0 where /proc cannot tell)."""
+    try:
+        own = _start_ticks("self")
+        parent = _start_ticks(str(os.getppid()))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (own - parent) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_ticks(pid: str) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name, in parentheses, may hold spaces: count the fields after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _on_asyncio() -> bool:

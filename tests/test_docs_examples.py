@@ -14,7 +14,8 @@ What each kind of block gets (the convention is also described in docs/developme
   server command for the app block of PAGE (or the last one above it), served as above.
 - ``bash``: ``bash -n``, and every command must be known: extras, make targets, modules,
   compose services named must exist, curl may only reach localhost.
-- ``yaml``, ``json``: parsed. ``mermaid``: a diagram. ``nginx``: a snippet include that exists.
+- ``yaml``, ``json``: parsed. ``mermaid``: a diagram. ``nginx``, ``ini``
+  (systemd units, run by tests/docker/test_systemd_units.py): a snippet include that exists.
 - ``text`` or no language: output; each graceful_web log line in it must have the shape of a
   line the library logs.
 
@@ -69,6 +70,7 @@ LOG_SHAPES = [
         r"\(.+\)",
         r"this process listens on .+ with SO_REUSEPORT while net\.ipv4\.tcp_migrate_req is 0: "
         r".+",
+        r"this hypercorn worker replaces one stopped by a reload: .+",
     )
 ]
 LOGGED = re.compile(r"graceful_web: (?P<message>.*)$")
@@ -452,6 +454,7 @@ CHECKS = {
     "json": check_json,
     "mermaid": check_mermaid,
     "nginx": check_included,
+    "ini": check_included,
 }
 
 
