@@ -33,6 +33,7 @@ import pytest
 from graceful_web.durable._sqlite import SCHEMA
 
 from .conftest import StartServer, wait_until
+from .reload._workers import Workers
 
 PY = sys.executable
 LOOP = os.environ.get("LOOP", "asyncio")
@@ -220,64 +221,6 @@ def post_all(url: str, ids: list[str], ms: int) -> dict[str, int]:
 # -- the server's workers ----------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
-def _children(parent: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[1] == parent and stat[0] != "Z":
-                found.add(int(entry))
-    return found
-
-
-class Workers(threading.Thread):
-    """The worker processes of a server's parent, watched every 50 ms: which are alive, and
-    when each was first seen dead (never earlier than it died)."""
-
-    def __init__(self, parent: int) -> None:
-        super().__init__(daemon=True)
-        self.parent = parent
-        self.seen: set[int] = set()
-        self.died: dict[int, float] = {}
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.05):
-            children = _children(self.parent)
-            now = time.time()
-            with self.lock:
-                for pid in children - self.seen:
-                    try:
-                        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if b"resource_tracker" not in command:  # multiprocessing's helper
-                        self.seen.add(pid)
-                for pid in self.seen - self.died.keys():
-                    stat = _stat(pid)
-                    if stat is None or stat[0] == "Z":
-                        self.died[pid] = now
-
-    def alive(self) -> set[int]:
-        with self.lock:
-            return self.seen - self.died.keys()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(5)
-
-
 @dataclass
 class Stop:
     """A signal to the parent and the workers it retires."""
@@ -353,7 +296,7 @@ def test_workers_sharing_the_sqlite_file_reloaded_under_load_lose_no_job_and_nev
     }
     argv, server_env = RELOADING[kind]
     server = start_server(argv, env={**env, **server_env}, name="fleet")
-    workers = Workers(server.pid)
+    workers = Workers(server.pid, clock=time.time)
     workers.start()
     load = Load(server.url)
     stops: list[Stop] = []
@@ -392,7 +335,7 @@ def test_workers_sharing_the_sqlite_file_reloaded_under_load_lose_no_job_and_nev
 
     store.read()
     runs = read_runs(jobs_file)
-    cut_short_runs(runs, store, workers.died)
+    cut_short_runs(runs, store, workers.gone)
     jobs = by_job(runs)
     lost = accepted - ended(jobs_file)
     ran_twice = {job_id for job_id, job_runs in jobs.items() if len(job_runs) > 1}

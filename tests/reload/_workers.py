@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 POLL_SECONDS = 0.05
@@ -49,13 +50,15 @@ def is_helper(pid: int) -> bool:
 
 class Workers(threading.Thread):
     """Watches ``parent``'s children every 50 ms. A worker once seen is followed by its pid
-    even after its parent is gone, so orphans still count until they exit."""
+    even after its parent is gone, so orphans still count until they exit. ``gone`` holds when
+    each was first seen gone, by ``clock`` (never earlier than it died)."""
 
-    def __init__(self, parent: int) -> None:
+    def __init__(self, parent: int, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(daemon=True, name=f"workers-of-{parent}")
         self.parent = parent
+        self.clock = clock
         self.seen: set[int] = set()
-        self.gone: dict[int, float] = {}  # pid → time.monotonic() it was first seen gone
+        self.gone: dict[int, float] = {}  # pid → the clock's time it was first seen gone
         self.lock = threading.Lock()
         self.stopped = threading.Event()
 
@@ -65,7 +68,7 @@ class Workers(threading.Thread):
 
     def look(self) -> None:
         new = {pid for pid in children(self.parent) - self.seen if not is_helper(pid)}
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             self.seen |= new
             for pid in self.seen - self.gone.keys():
