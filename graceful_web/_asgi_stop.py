@@ -148,7 +148,12 @@ class ServerStop:
                 installed.deliver(stop_signal)
 
         def stop_listening() -> None:
-            self.closing = loop.create_task(self._answer_accepted_then(loop, stop_server))
+            server = _quirks.uvicorn_server(loop)
+            if server is None:
+                _warn_if_uvicorn_unread()
+                stop_server()  # at once, as bare: this server's connections are its own
+                return
+            self.closing = loop.create_task(self._answer_accepted_then(server, stop_server))
 
         if drain.draining and self.signalled:
             drain.force(sig.name)
@@ -167,29 +172,21 @@ class ServerStop:
         else:
             stop_listening()
 
-    async def _answer_accepted_then(
-        self, loop: asyncio.AbstractEventLoop, stop_server: Callable[[], None]
-    ) -> None:
-        """Close the listeners now, answer what the server had already accepted and what idle
-        keep-alive clients send within the grace (with ``Connection: close``), then let the
-        server stop as it does, closing what is left. Where the server's connections cannot be
-        read (any server but uvicorn), the server stops at once, as it would bare."""
+    async def _answer_accepted_then(self, server: Any, stop_server: Callable[[], None]) -> None:
+        """Close uvicorn's listeners now, answer what it had already accepted and what idle
+        keep-alive clients send within the grace (with ``Connection: close``), then let it stop
+        as it does, closing what is left. (Other servers are told to stop at once, as bare:
+        their connections are out of reach.)"""
         try:
-            server = _quirks.uvicorn_server(loop)
-            listeners = _quirks.uvicorn_listeners(server) if server is not None else []
+            listeners = _quirks.uvicorn_listeners(server)
             if listeners and _quirks.uvicorn_idle_connections(server) is not None:
                 await _listeners.close_listeners(listeners)
                 await _listeners.answer_idle_connections(
                     lambda: _quirks.uvicorn_idle_connections(server) or 0,
                     self.config.idle_connection_grace,
                 )
-            elif "uvicorn.server" in sys.modules:
-                logger.warning(
-                    "uvicorn %s: its server, listeners or connections were not found where "
-                    "graceful_web looks for them; uvicorn stops as it does on its own, closing "
-                    "idle and just-accepted connections unanswered",
-                    _quirks.version_of("uvicorn"),
-                )
+            else:
+                _warn_if_uvicorn_unread()
         finally:
             stop_server()
 
@@ -286,6 +283,16 @@ def _start_ticks(pid: str) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name, in parentheses, may hold spaces: count the fields after it.
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _warn_if_uvicorn_unread() -> None:
+    if "uvicorn.server" in sys.modules:
+        logger.warning(
+            "uvicorn %s: its server, listeners or connections were not found where "
+            "graceful_web looks for them; uvicorn stops as it does on its own, closing idle "
+            "and just-accepted connections unanswered",
+            _quirks.version_of("uvicorn"),
+        )
 
 
 def _on_asyncio() -> bool:

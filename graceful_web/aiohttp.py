@@ -192,30 +192,33 @@ def _on_signal(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Si
 
 
 def _stop_listening(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
-    state.closing = loop.create_task(_answer_accepted_then_stop(state, sig))
+    runner = _quirks.aiohttp_runner(state.server_task, web.BaseRunner, state.app)
+    if runner is None or runner.server is None:
+        logger.warning(
+            "aiohttp %s: the runner serving this app was not found where graceful_web looks "
+            "for it; aiohttp stops as it does on its own, closing idle and just-accepted "
+            "connections unanswered",
+            aiohttp_version,
+        )
+        _stop_server(state, sig)
+        return
+    state.closing = loop.create_task(_answer_accepted_then_stop(state, runner, sig))
 
 
-async def _answer_accepted_then_stop(state: _AppState, sig: signal.Signals) -> None:
+async def _answer_accepted_then_stop(
+    state: _AppState, runner: web.BaseRunner, sig: signal.Signals
+) -> None:
     """Close the listeners now, answer what was already accepted and what idle keep-alive
     clients send within the grace (with ``Connection: close``), then stop the server as its
     signal handler does: aiohttp closes the connections still idle and shuts down."""
     try:
-        runner = _quirks.aiohttp_runner(state.server_task, web.BaseRunner, state.app)
-        if runner is None or runner.server is None:
-            logger.warning(
-                "aiohttp %s: the runner serving this app was not found where graceful_web "
-                "looks for it; aiohttp stops as it does on its own, closing idle and "
-                "just-accepted connections unanswered",
-                aiohttp_version,
-            )
-            return
         sites = list(runner.sites)
         listeners = [_quirks.aiohttp_site_listener(site) for site in sites]
         await _listeners.close_listeners([listener for listener in listeners if listener])
         for site in sites:
             await site.stop()  # closed already: this takes it out of the runner
         server = runner.server
-        if _quirks.aiohttp_idle_connections(server) is not None:
+        if server is not None and _quirks.aiohttp_idle_connections(server) is not None:
             await _listeners.answer_idle_connections(
                 lambda: _quirks.aiohttp_idle_connections(server) or 0,
                 state.config.idle_connection_grace,
