@@ -24,6 +24,17 @@ from aiohttp.test_utils import TestClient
 from graceful_web import _quirks, _signals
 
 
+async def _eventually(read: Callable[[], Any], expected: Any = True, timeout: float = 5) -> Any:
+    """What ``read()`` gives once it gives ``expected`` (truthy, by default), or after ``timeout``
+    seconds: a server started in the test's loop needs some turns to listen and accept."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if (value == expected if expected is not True else value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.01)
+
+
 def _canary(package: str, what: str) -> str:
     version = _quirks.version_of(package)
     return f"{package} {version}: {what} changed shape; see graceful_web/_quirks.py"
@@ -161,10 +172,7 @@ def test_uvicorn_servers_show_their_listeners_and_idle_connections() -> None:
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         try:
-            for _ in range(500):
-                if server.started:
-                    break
-                await asyncio.sleep(0.01)
+            await _eventually(lambda: server.started)
             assert _quirks.uvicorn_server(asyncio.get_running_loop()) is server, _canary(
                 "uvicorn", "Server.serve (the coroutine frame that holds the server)"
             )
@@ -172,11 +180,8 @@ def test_uvicorn_servers_show_their_listeners_and_idle_connections() -> None:
             assert listeners, _canary("uvicorn", "Server.servers")
             port = listeners[0].sockets[0].getsockname()[1]
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            for _ in range(500):
-                if _quirks.uvicorn_idle_connections(server) == 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert _quirks.uvicorn_idle_connections(server) == 1, _canary(
+            idle = await _eventually(lambda: _quirks.uvicorn_idle_connections(server), 1)
+            assert idle == 1, _canary(
                 "uvicorn", "ServerState.connections (a protocol's cycle, before any request)"
             )
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -245,13 +250,9 @@ def test_hypercorn_asyncio_workers_keep_their_listeners_in_worker_serve() -> Non
         serving = asyncio.create_task(
             worker_serve(lambda: app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         )
-        found: list[Any] = []
+        loop = asyncio.get_running_loop()
         try:
-            for _ in range(500):
-                found = _quirks.hypercorn_listeners(asyncio.get_running_loop())
-                if found:
-                    break
-                await asyncio.sleep(0.01)
+            found: list[Any] = await _eventually(lambda: _quirks.hypercorn_listeners(loop))
         finally:
             stop.set()
             await asyncio.wait_for(serving, 10)
@@ -299,11 +300,8 @@ async def test_aiohttp_runner_sites_and_connections_are_found_for_the_drain() ->
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         server = runner.server
         assert server is not None
-        for _ in range(500):
-            if _quirks.aiohttp_idle_connections(server) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert _quirks.aiohttp_idle_connections(server) == 1, _canary(
+        idle = await _eventually(lambda: _quirks.aiohttp_idle_connections(server), 1)
+        assert idle == 1, _canary(
             "aiohttp", "RequestHandler._request_in_progress and _messages"
         )
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
