@@ -5,7 +5,8 @@ last counts).
 
 The table goes between ``<!-- reload-matrix:begin -->`` and ``<!-- reload-matrix:end -->``,
 and nothing else of the page is touched: its other sections are written by other hands. The
-page is read right before it is written.
+page is read right before it is written. A summary, one row a server, goes into README.md
+between ``<!-- reload-summary:begin -->`` and ``<!-- reload-summary:end -->``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "reloads.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "reloads.md"
 BEGIN, END = "<!-- reload-matrix:begin -->", "<!-- reload-matrix:end -->"
+README = ROOT / "README.md"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- reload-summary:begin -->", "<!-- reload-summary:end -->"
 TEST = "reload_matrix"
 STEADY = ("fresh", "keepalive_get", "keepalive_post")
 SHORT_REASONS = {"connection reset": "reset", "server disconnected": "closed unanswered"}
@@ -131,13 +135,40 @@ def table(runs: dict[tuple[str, bool], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(text: str) -> bool:
-    page = PAGE.read_text()  # right before writing: others edit the page's other sections
-    if BEGIN not in page or END not in page:
-        print(f"{PAGE} has no {BEGIN} … {END} markers: left alone", file=sys.stderr)
+def summary(runs: dict[tuple[str, bool], dict[str, Any]]) -> str:
+    """One row a server: every request of the reloads (bursts included) and the jobs."""
+
+    def cells(run: dict[str, Any] | None) -> str:
+        if run is None:
+            return "not run | not run"
+        tallies = run["reloads"].values()
+        failures = sum(sum(tally["failed"].values()) for tally in tallies)
+        sent = sum(tally["sent"] for tally in tallies)
+        return f"{failures} / {sent} | {run['jobs']['lost']} / {run['jobs']['accepted']}"
+
+    lines = [
+        "| server, reload | with graceful_web: requests failed | jobs lost "
+        "| bare: requests failed | jobs lost |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for server in dict.fromkeys(server for server, _ in runs):
+        run = runs.get((server, True)) or runs[(server, False)]
+        lines.append(
+            f"| {server}, {run['signal']} | {cells(runs.get((server, True)))} "
+            f"| {cells(runs.get((server, False)))} |"
+        )
+    return "\n".join(lines)
+
+
+def write_between_markers(
+    text: str, path: Path = PAGE, begin: str = BEGIN, end: str = END
+) -> bool:
+    page = path.read_text()  # right before writing: others edit the page's other sections
+    if begin not in page or end not in page:
+        print(f"{path} has no {begin} … {end} markers: left alone", file=sys.stderr)
         return False
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    PAGE.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", page, count=1))
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", page, count=1))
     return True
 
 
@@ -149,6 +180,9 @@ def main() -> int:
     text = table(runs)
     print(text)
     write_between_markers(text)
+    short = summary(runs)
+    print(short)
+    write_between_markers(short, README, SUMMARY_BEGIN, SUMMARY_END)
     return 0
 
 
