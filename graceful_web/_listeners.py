@@ -72,31 +72,41 @@ def _queue_no_more(fds: Sequence[int]) -> None:
     those it queued there. With no room, it drops their SYN instead; the client sends it again a
     second later and reaches another socket on the port. Not for a socket the parent holds too
     (gunicorn's ``--reuse-port``): its queue is the other workers' as well."""
-    parent_sockets = _socket_inodes(os.getppid())
+    own = _sockets("self")
+    parents = set(_sockets(str(os.getppid())).values())
     for fd in fds:
-        try:
-            sock = socket.socket(fileno=os.dup(fd))
-        except OSError:
+        if own.get(fd) in parents or (sock := _borrowed(fd)) is None:
             continue
         with sock:
-            if _reuse_port(sock) and _inode(fd) not in parent_sockets:
+            if _reuse_port(sock):
                 with contextlib.suppress(OSError):
                     sock.listen(0)
 
 
-def _inode(fd: int, pid: str = "self") -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}")
-    except OSError:
-        return ""
-
-
-def _socket_inodes(pid: int) -> set[str]:
+def _sockets(pid: str) -> dict[int, str]:
+    """A process's socket file descriptors, each with its ``socket:[inode]`` (from /proc: the
+    same inode in two processes is one socket)."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return set()
-    return {link for name in names if (link := _inode(int(name), str(pid))).startswith("socket:")}
+        return {}
+    found: dict[int, str] = {}
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            found[int(name)] = link
+    return found
+
+
+def _borrowed(fd: int) -> socket.socket | None:
+    """A socket object on a copy of ``fd``, to query or set; closing it leaves ``fd`` open."""
+    try:
+        return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
 
 
 async def close_listeners(servers: Sequence[Any], *, accept_queued: bool = True) -> None:
@@ -156,18 +166,10 @@ LISTENERS_POLL = 0.1
 def reuse_port_listeners() -> list[str]:
     """The addresses this process listens on with ``SO_REUSEPORT`` (read from its open
     files: servers do not say how they bound their sockets)."""
-    found: list[str] = []
-    fd_dir = Path("/proc/self/fd")
-    try:
-        entries = list(fd_dir.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        try:
-            if not os.readlink(entry).startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=os.dup(int(entry.name)))
-        except (OSError, ValueError):
+    found: set[str] = set()
+    for fd in _sockets("self"):
+        sock = _borrowed(fd)
+        if sock is None:
             continue
         with sock:
             try:
@@ -177,8 +179,8 @@ def reuse_port_listeners() -> list[str]:
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)
             if listening and inet and _reuse_port(sock):
                 host, port = sock.getsockname()[:2]
-                found.append(f"{host}:{port}")
-    return sorted(set(found))
+                found.add(f"{host}:{port}")
+    return sorted(found)
 
 
 def migrates_requests() -> bool | None:
