@@ -167,6 +167,16 @@ class Compose:
         )
 
 
+def require_docker_engine() -> None:
+    """Fail, saying what to run, unless a Docker engine answers."""
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.fail("no docker command: run these tests through `make test-docker`")
+    if info.returncode != 0:
+        pytest.fail(f"no Docker engine answers: run `make test-docker`\n{info.stderr}")
+
+
 def _compose_command() -> tuple[str, ...]:
     configured = os.environ.get("GRACEFUL_COMPOSE")
     if configured:
@@ -180,12 +190,7 @@ def _compose_command() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     """The compose project with its images built; removed (after a graceful stop) at the end."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        pytest.fail("no docker command: run these tests through `make test-docker`")
-    if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers: run `make test-docker`\n{info.stderr}")
+    require_docker_engine()
     ports = {service: free_port() for service in SERVICES}
     env = {
         **os.environ,

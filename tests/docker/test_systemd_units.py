@@ -44,6 +44,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import free_port, wait_until
+from .conftest import require_docker_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "docs" / "systemd"
@@ -282,12 +283,7 @@ class Systemd:
 def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
     """The image built (layers cached), one container with systemd as PID 1 for every test of
     this module; stopped and removed by its id at the end."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        pytest.fail("no docker command: run these tests through `make test-docker`")
-    if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers: run `make test-docker`\n{info.stderr}")
+    require_docker_engine()
     started = time.monotonic()
     build_image(tmp_path_factory.mktemp("systemd-image"))
     built = time.monotonic()
