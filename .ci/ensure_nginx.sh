@@ -15,21 +15,7 @@ die() {
 installed() { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }
 installed && exit 0
 
-[ -f /etc/debian_version ] && command -v apt-get >/dev/null ||
-    die "nginx is missing and this is not Debian: install it by hand (the tests never skip)"
-[ "$(id -u)" = 0 ] || die "nginx is missing: run make test-reload as root, or apt-get install nginx"
-
-# invoke-rc.d asks policy-rc.d whether a service may start; 101 says no. Ours only while we install.
-POLICY=/usr/sbin/policy-rc.d
-if [ ! -e "$POLICY" ]; then
-    trap 'rm -f "$POLICY"' EXIT
-    printf '#!/bin/sh\n# ensure_nginx.sh: no service starts while it installs.\nexit 101\n' >"$POLICY"
-    chmod 755 "$POLICY"
-fi
-
-log "installing nginx with apt-get"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null || die "apt-get update failed"
-apt-get install -y -q --no-install-recommends nginx >/dev/null || die "apt-get install nginx failed"
+source "$(dirname "$0")/_apt_install.sh"
+apt_install test-reload nginx
 installed || die "nginx is installed but not on PATH nor at /usr/sbin/nginx"
 log "installed nginx"
