@@ -65,20 +65,25 @@ def _awaited_frames(task: asyncio.Task[Any]) -> list[Any]:
     return frames
 
 
+def _local_of_awaited(
+    loop: asyncio.AbstractEventLoop, module: str, functions: tuple[str, ...], name: str
+) -> Any:
+    """The local ``name`` of a coroutine of ``module`` (one of ``functions``) that a task of
+    ``loop`` is awaiting, or None."""
+    for task in asyncio.all_tasks(loop):
+        for frame in _awaited_frames(task):
+            if frame.f_globals.get("__name__") == module and frame.f_code.co_name in functions:
+                value = frame.f_locals.get(name)
+                if value is not None:
+                    return value
+    return None
+
+
 def uvicorn_server(loop: asyncio.AbstractEventLoop) -> Any:
     """uvicorn's ``Server`` serving on ``loop`` (the ``self`` of its ``serve`` or ``_serve``
     coroutine, which the main task awaits; under gunicorn's UvicornWorker, the worker's own
     ``_serve`` awaits it), or None."""
-    for task in asyncio.all_tasks(loop):
-        for frame in _awaited_frames(task):
-            if frame.f_globals.get("__name__") == "uvicorn.server" and frame.f_code.co_name in (
-                "serve",
-                "_serve",
-            ):
-                server = frame.f_locals.get("self")
-                if server is not None:
-                    return server
-    return None
+    return _local_of_awaited(loop, "uvicorn.server", ("serve", "_serve"), "self")
 
 
 def uvicorn_listeners(server: Any) -> list[Any]:
@@ -171,15 +176,9 @@ def hypercorn_parent_stop_event() -> Any:
 def hypercorn_listeners(loop: asyncio.AbstractEventLoop) -> list[Any]:
     """The listening ``asyncio.Server`` objects of hypercorn's asyncio worker serving on
     ``loop`` (the ``servers`` list of ``hypercorn.asyncio.run.worker_serve``)."""
-    for task in asyncio.all_tasks(loop):
-        for frame in _awaited_frames(task):
-            if (
-                frame.f_globals.get("__name__") == "hypercorn.asyncio.run"
-                and frame.f_code.co_name == "worker_serve"
-            ):
-                servers = frame.f_locals.get("servers")
-                if isinstance(servers, list) and all(hasattr(s, "close") for s in servers):
-                    return servers
+    servers = _local_of_awaited(loop, "hypercorn.asyncio.run", ("worker_serve",), "servers")
+    if isinstance(servers, list) and all(hasattr(s, "close") for s in servers):
+        return servers
     return []
 
 
