@@ -17,7 +17,7 @@ IDLE_CONNECTION_GRACE_ENV = "GRACEFUL_IDLE_CONNECTION_GRACE"
 DEFAULT_DRAIN_TIMEOUT = 25.0
 DEFAULT_PROGRESS_INTERVAL = 1.0
 #: How long connections with no request in progress stay open once the listeners have closed
-#: (at most a quarter of the drain deadline when none is given).
+#: (when none is given, at most a quarter of what the deadline leaves after the pre-stop delay).
 DEFAULT_IDLE_CONNECTION_GRACE = 1.0
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,

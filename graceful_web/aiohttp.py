@@ -104,8 +104,8 @@ def setup(
 
     Once the listeners close, connections with no request in progress stay open for
     ``idle_connection_grace`` seconds (else ``GRACEFUL_IDLE_CONNECTION_GRACE``, else 1, at most
-    a quarter of the deadline): a request already on its way on one is answered, with
-    ``Connection: close``, instead of being cut off.
+    a quarter of the deadline less ``pre_stop_delay``): a request already on its way on one is
+    answered, with ``Connection: close``, instead of being cut off.
     """
     _check_aiohttp_version()
     if not isinstance(app, web.Application):

@@ -67,8 +67,9 @@ class GracefulLifespan:
 
     Under uvicorn (and gunicorn's UvicornWorker), once the listeners close, connections with
     no request in progress stay open for ``idle_connection_grace`` seconds (else
-    ``GRACEFUL_IDLE_CONNECTION_GRACE``, else 1, at most a quarter of the deadline): a request
-    already on its way on one is answered, with ``Connection: close``, instead of being cut off.
+    ``GRACEFUL_IDLE_CONNECTION_GRACE``, else 1, at most a quarter of the deadline less
+    ``pre_stop_delay``): a request already on its way on one is answered, with
+    ``Connection: close``, instead of being cut off.
     """
 
     def __init__(
