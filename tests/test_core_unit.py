@@ -31,6 +31,12 @@ def test_pre_stop_delay_must_fit_inside_the_deadline() -> None:
         Config.build(drain_timeout=5, pre_stop_delay=5)
 
 
+def test_the_idle_connection_grace_is_1_s_or_a_quarter_of_what_the_deadline_leaves() -> None:
+    assert Config.build(drain_timeout=25).idle_connection_grace == 1.0
+    assert Config.build(drain_timeout=3, pre_stop_delay=1).idle_connection_grace == 0.5
+    assert Config.build(drain_timeout=3, idle_connection_grace=0).idle_connection_grace == 0.0
+
+
 def test_unknown_signal_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown signal name 'SIGTERMINATE'"):
         parse_signals(["SIGTERMINATE"])

@@ -361,6 +361,12 @@ WRONG_CONFIGURATION: list[tuple[dict[str, Any], dict[str, str], type[Exception],
     ({"signals": [99999]}, {}, ValueError, "unknown signal number 99999"),
     ({"signals": [1.5]}, {}, TypeError, "unknown signal 1.5: use e.g. signal.SIGTERM or"),
     ({"on_abandoned": "requeue"}, {}, TypeError, "on_abandoned must be callable"),
+    ({"idle_connection_grace": -1}, {}, ValueError,
+     "idle_connection_grace must be zero or more seconds"),
+    ({"drain_timeout": 10, "pre_stop_delay": 6, "idle_connection_grace": 4}, {}, ValueError,
+     "idle_connection_grace (4 s) must be shorter than drain_timeout (10 s) less pre_stop_delay"),
+    ({}, {"GRACEFUL_IDLE_CONNECTION_GRACE": "1s"}, ValueError,
+     "GRACEFUL_IDLE_CONNECTION_GRACE='1s' is not a number of seconds; set it to e.g."),
 ]  # fmt: skip
 
 
