@@ -19,6 +19,23 @@ DEFAULT_PROGRESS_INTERVAL = 1.0
 #: How long connections with no request in progress stay open once the listeners have closed
 #: (when none is given, at most a quarter of what the deadline leaves after the pre-stop delay).
 DEFAULT_IDLE_CONNECTION_GRACE = 1.0
+#: Websockets still open this long after the drain started are closed (unless the deadline is
+#: shorter: then half of it).
+DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
+
+# The timers after the deadline, each derived from the one before it.
+#: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).
+CANCEL_GRACE = 0.25
+#: How long a cancelled durable job's hand-over may take: inside the unwinding, with a fifth of
+#: it left for the job's task to end. Should it not make it, the lease runs out and another
+#: process runs the job.
+HAND_OVER_TIME = CANCEL_GRACE * 0.8
+#: How long ``on_drain_finished`` may run when the deadline has already passed (or after a
+#: second signal).
+LATE_HOOK_TIME = 0.5
+#: The last-resort hard exit comes this long after the deadline: the unwinding and the late
+#: hook fit before it, and the process is gone by deadline + 1 s whatever the work does.
+HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
@@ -43,6 +60,7 @@ class Config:
     on_drain_started: Hook | None = None
     on_drain_finished: Hook | None = None
     idle_connection_grace: float = DEFAULT_IDLE_CONNECTION_GRACE  # 0: closed at once
+    websocket_close_grace: float = DEFAULT_WEBSOCKET_CLOSE_GRACE
 
     @classmethod
     def build(
@@ -57,6 +75,7 @@ class Config:
         on_drain_started: Hook | None = None,
         on_drain_finished: Hook | None = None,
         idle_connection_grace: float | None = None,
+        websocket_close_grace: float | None = None,
     ) -> Config:
         timeout = _seconds(
             "drain_timeout", drain_timeout, DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT, False
@@ -91,6 +110,18 @@ class Config:
                 f"({timeout:g} s) less pre_stop_delay ({delay:g} s): the grace is spent inside "
                 f"the one drain deadline, after the listeners close"
             )
+        websocket_grace = _check_seconds(
+            "websocket_close_grace",
+            min(DEFAULT_WEBSOCKET_CLOSE_GRACE, timeout / 2)
+            if websocket_close_grace is None
+            else websocket_close_grace,
+            allow_zero=True,
+        )
+        if websocket_grace >= timeout:
+            raise ValueError(
+                f"websocket_close_grace ({websocket_grace:g} s) must be zero or more and "
+                f"shorter than drain_timeout ({timeout:g} s)"
+            )
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
         ):
@@ -108,6 +139,7 @@ class Config:
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
             idle_connection_grace=idle_grace,
+            websocket_close_grace=websocket_grace,
         )
 
 

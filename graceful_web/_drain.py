@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 
 from . import _hooks
-from ._config import Config
+from ._config import CANCEL_GRACE, HARD_EXIT_AFTER, LATE_HOOK_TIME, Config
 from ._registry import Registry
 from ._report import (
     EXIT_HARD,
@@ -43,15 +43,6 @@ from ._work import Work
 logger = logging.getLogger("graceful_web")
 
 T = TypeVar("T")
-
-#: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).
-CANCEL_GRACE = 0.25
-#: How long ``on_drain_finished`` may run when the deadline has already passed (or after a
-#: second signal); well inside the watchdog's margin.
-LATE_HOOK_TIME = 0.5
-#: The last-resort hard exit comes this long after the deadline: the unwinding and the late
-#: hook fit before it, and the process is gone by deadline + 1 s whatever the work does.
-HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 
 
 class ProcessState:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from . import _quirks, _signals
-from ._config import Config
+from ._config import CANCEL_GRACE, Config
 from ._current import current_drain
-from ._drain import CANCEL_GRACE, Drain
+from ._drain import Drain
 from ._report import (
     AbandonedCallback,
     DrainFinishedCallback,

@@ -43,10 +43,6 @@ __all__ = ["GracefulLifespan"]
 logger = logging.getLogger("graceful_web")
 
 
-#: Websockets still open this long after the drain started are closed with 1001 (Going Away),
-#: unless the drain timeout is shorter (then half of it).
-DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
-
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
 _READINESS_HEADERS = [
@@ -100,23 +96,9 @@ class GracefulLifespan:
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
             idle_connection_grace=idle_connection_grace,
+            websocket_close_grace=websocket_close_grace,
         )
-        if websocket_close_grace is None:
-            websocket_close_grace = min(
-                DEFAULT_WEBSOCKET_CLOSE_GRACE, self.config.drain_timeout / 2
-            )
-        elif isinstance(websocket_close_grace, bool) or not isinstance(
-            websocket_close_grace, (int, float)
-        ):
-            raise TypeError(
-                f"websocket_close_grace must be a number of seconds, got {websocket_close_grace!r}"
-            )
-        elif not 0 <= websocket_close_grace < self.config.drain_timeout:
-            raise ValueError(
-                f"websocket_close_grace ({websocket_close_grace:g} s) must be zero or more and "
-                f"shorter than drain_timeout ({self.config.drain_timeout:g} s)"
-            )
-        self.websocket_close_grace = float(websocket_close_grace)
+        self.websocket_close_grace = self.config.websocket_close_grace
         self.handle_signals = handle_signals
         self._stop = ServerStop(self.config, handle_signals=handle_signals)
         self._readiness_path = self.config.readiness_path

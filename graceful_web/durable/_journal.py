@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .._config import HAND_OVER_TIME
 from .._work import inside_protected
 from . import _settings
 from ._functions import JobInfo, Registered, current_job, functions
@@ -37,9 +38,6 @@ _running_loop = asyncio.events._get_running_loop  # None, not an exception, with
 
 T = TypeVar("T")
 
-#: How long a cancelled job's hand-over may take: well inside the drain's grace after the
-#: deadline. Should it not make it, the lease runs out and another process runs the job.
-HAND_OVER_TIME = 0.2
 #: The longest pause between two tries of a write that must not be lost (a job's completion).
 RETRY_AT_MOST = 2.0
 
