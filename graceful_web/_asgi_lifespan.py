@@ -16,10 +16,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._asgi_stop import ServerStop
+from . import _hypercorn, _listeners
+from ._asgi_stop import end_clean_drain, stop_sequence
+from ._config import APP_SHUTDOWN_BOUND, SERVER_SHUTDOWN_WAIT, Config
 from ._current import current_drain
 from ._drain import Drain
 from ._report import DrainReport
+from ._stop import StopSequence
 from ._watchdog import exit_now
 from .durable import _recovery
 
@@ -31,12 +34,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: After a drain that abandoned work, how long the server gets to send lifespan shutdown, and
-#: how long the inner app's shutdown may then take, before the process exits with the drain's
-#: status. Both fit inside the watchdog's margin after the deadline.
-SERVER_SHUTDOWN_WAIT = 0.1
-INNER_SHUTDOWN_BOUND = 0.3
-
 
 class Lifespan:
     """One lifespan conversation: the server on one side, the inner app on the other, the
@@ -45,15 +42,18 @@ class Lifespan:
     def __init__(
         self,
         app: ASGIApp,
-        stop: ServerStop,
+        config: Config,
         scope: Scope,
         receive: Receive,
         send: Send,
         *,
+        handle_signals: bool,
         on_startup: Callable[[], None],
     ) -> None:
         self.app = app
-        self.stop = stop
+        self.config = config
+        self.handle_signals = handle_signals
+        self.sequence: StopSequence | None = None
         self.on_startup = on_startup
         self.scope = scope
         self.receive = receive
@@ -77,7 +77,7 @@ class Lifespan:
         if message["type"] != "lifespan.startup":
             raise RuntimeError(f"expected lifespan.startup, got {message['type']!r}")
         drain = self.drain = current_drain()
-        drain.configure(self.stop.config)
+        drain.configure(self.config)
         # Before the app serves: the store opens, and what others left behind starts running.
         try:
             await _recovery.start()
@@ -121,10 +121,10 @@ class Lifespan:
         self, task_group: anyio.abc.TaskGroup, drain: Drain, *, inner_has_lifespan: bool
     ) -> Message:
         self.inner_has_lifespan = inner_has_lifespan
-        self.stop.install(drain)
+        sequence = self.sequence = stop_sequence(drain, handle_signals=self.handle_signals)
         task_group.start_soon(self._drain_once_shutting_down, drain)
-        task_group.start_soon(self.stop.watch_hypercorn_parent, drain)
-        task_group.start_soon(self.stop.watch_listeners)
+        task_group.start_soon(_hypercorn.watch_parent, sequence)
+        task_group.start_soon(_listeners.warn_if_reuse_port_resets)
         await self.send({"type": "lifespan.startup.complete"})
 
         await self.receive()  # lifespan.shutdown
@@ -133,7 +133,7 @@ class Lifespan:
         await self.drained.wait()
         await _recovery.stop()
         shutdown_reply = await self._shut_inner_down()
-        self.stop.uninstall()
+        sequence.uninstall()
         self._exit_if_work_was_lost()
         task_group.cancel_scope.cancel()
         return shutdown_reply
@@ -173,7 +173,7 @@ class Lifespan:
         await drain.wait_shutting_down()
         report = self.report = await drain.wait(drain.reason or "shutdown")
         self.drained.set()
-        if not self.stop.signalled or report.exit_code == 0:
+        if not self._signalled() or report.exit_code == 0:
             return
         # Work was abandoned or the drain was forced, and a server may now wait on without
         # end (uvicorn, for a connection whose response can never be flushed) or skip lifespan
@@ -184,19 +184,23 @@ class Lifespan:
             await self.shutdown_requested.wait()
         if self.shutdown_requested.is_set():
             return
-        with anyio.move_on_after(INNER_SHUTDOWN_BOUND):
+        with anyio.move_on_after(APP_SHUTDOWN_BOUND):
             await self._shut_inner_down()
-        self.stop.uninstall()
+        if self.sequence is not None:
+            self.sequence.uninstall()
         exit_now(report.exit_code)
 
     # -- exit status ---------------------------------------------------------------------
 
+    def _signalled(self) -> bool:
+        return self.sequence is not None and self.sequence.signalled
+
     def _exit_if_work_was_lost(self) -> None:
         report = self.report
-        if report is None or not self.stop.signalled:
+        if report is None or self.sequence is None or not self.sequence.signalled:
             return
         if report.exit_code == 0:
-            self.stop.end_clean_drain()
+            end_clean_drain(self.sequence.server)
             return
         # Servers exit 0 (or re-raise the signal) whatever the app lost; the status is the
         # one way an orchestrator learns that work was abandoned, so it is set here, once the

@@ -33,6 +33,11 @@ HAND_OVER_TIME = CANCEL_GRACE * 0.8
 #: How long ``on_drain_finished`` may run when the deadline has already passed (or after a
 #: second signal).
 LATE_HOOK_TIME = 0.5
+#: After a drain that abandoned work, how long the server gets to send its own shutdown
+#: (ASGI's lifespan shutdown), then how long the app's shutdown may take before the process
+#: exits with the drain's status: both within the late hook's time, before the hard exit.
+SERVER_SHUTDOWN_WAIT = LATE_HOOK_TIME / 5
+APP_SHUTDOWN_BOUND = LATE_HOOK_TIME * 3 / 5
 #: The last-resort hard exit comes this long after the deadline: the unwinding and the late
 #: hook fit before it, and the process is gone by deadline + 1 s whatever the work does.
 HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME

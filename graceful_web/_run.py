@@ -27,6 +27,7 @@ from ._report import (
     DrainReport,
     DrainStartedCallback,
 )
+from ._stop import start_drain
 from ._work import inside_protected
 from .durable import _recovery
 
@@ -196,8 +197,7 @@ class _Supervisor(Generic[T]):
         drain = self.drain
         assert drain is not None
         others = asyncio.all_tasks()
-        drain.begin(reason)
-        drain.arm_watchdog()
+        start_drain(drain, reason)
         protected = drain.protected_futures()
         for task in others:
             if task is self._main or task is self._supervisor:

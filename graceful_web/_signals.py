@@ -214,6 +214,26 @@ def install(
     return installed
 
 
+def install_trio(signals: Iterable[signal.Signals], callback: SignalCallback) -> Installed | None:
+    """Under trio: make ``callback(sig)`` run inside the trio run when one of ``signals``
+    arrives, in place of the handler found (kept in ``Installed.previous``). None outside a
+    trio run."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    token = trio.lowlevel.current_trio_token()
+    installed = Installed()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the run has already ended
+            token.run_sync_soon(callback, signal.Signals(signum))
+
+    for sig in dict.fromkeys(signals):
+        with contextlib.suppress(ValueError, OSError):
+            installed.previous[sig] = signal.signal(sig, on_signal)
+    return installed
+
+
 _SERVERS = ("gunicorn", "granian", "hypercorn", "uvicorn", "aiohttp")
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
-from . import _census, _listeners, _quirks, _signals
+from . import _census, _listeners
+from ._aiohttp_stop import AiohttpServer, close_idle_connections
 from ._config import Config
 from ._current import current_drain, request_done
 from ._drain import Drain, process
@@ -29,6 +30,7 @@ from ._report import (
     DrainReport,
     DrainStartedCallback,
 )
+from ._stop import StopSequence
 from ._work import inside_protected
 from .durable import _functions as _durable_functions
 from .durable import _journal as _durable
@@ -47,14 +49,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class _AppState:
     config: Config
     handle_signals: bool
-    app: web.Application | None = None
     drain: Drain | None = None
-    installed: _signals.Installed | None = None
-    server_task: asyncio.Task[object] | None = None
-    server_stopped: bool = False
-    closing: asyncio.Task[None] | None = None
+    server: AiohttpServer | None = None
+    sequence: StopSequence | None = None
     watching_listeners: asyncio.Task[None] | None = None
-    cancelled_server_task: bool = False
 
 
 _STATE = web.AppKey("graceful_web_state", _AppState)
@@ -153,8 +151,7 @@ async def _on_startup(app: web.Application) -> None:
     drain = current_drain()
     drain.configure(state.config)
     state.drain = drain
-    state.app = app
-    state.server_task = asyncio.current_task()
+    state.server = AiohttpServer(app, asyncio.current_task())
     loop = asyncio.get_running_loop()
     await _recovery.start()
     if _durable.active():
@@ -164,9 +161,8 @@ async def _on_startup(app: web.Application) -> None:
     if state.handle_signals:
         # aiohttp (run_app, AppRunner(handle_signals=True)) and gunicorn's worker installed
         # their handlers before startup; ours replace them and call them when it is time.
-        state.installed = _signals.install(
-            loop, state.config.signals, lambda sig: _on_signal(state, loop, sig)
-        )
+        state.sequence = StopSequence(drain, state.server)
+        state.sequence.install(state.config.signals)
     # Appended during startup, so they run after every handler the app registered itself
     # (closing websockets in on_shutdown keeps working, and is then part of the drain).
     app.on_shutdown.append(_on_shutdown)
@@ -174,121 +170,30 @@ async def _on_startup(app: web.Application) -> None:
     state.watching_listeners = loop.create_task(_listeners.warn_if_reuse_port_resets())
 
 
-def _on_signal(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
-    drain = state.drain
-    assert drain is not None
-    if drain.draining:
-        drain.force(sig.name)
-        _stop_server(state, sig)
-        return
-    drain.begin(sig.name)
-    drain.arm_watchdog()
-    delay = state.config.pre_stop_delay
-    if delay > 0:
-        logger.info("pre-stop delay: serving %.1f s more before closing the listeners", delay)
-        loop.call_later(delay, _stop_listening, state, loop, sig)
-    else:
-        _stop_listening(state, loop, sig)
-
-
-def _stop_listening(state: _AppState, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
-    runner = _quirks.aiohttp_runner(state.server_task, web.BaseRunner, state.app)
-    if runner is None or runner.server is None:
-        logger.warning(
-            "aiohttp %s: the runner serving this app was not found where graceful_web looks "
-            "for it; aiohttp stops as it does on its own, closing idle and just-accepted "
-            "connections unanswered",
-            aiohttp_version,
-        )
-        _stop_server(state, sig)
-        return
-    state.closing = loop.create_task(_answer_accepted_then_stop(state, runner, sig))
-
-
-async def _answer_accepted_then_stop(
-    state: _AppState, runner: web.BaseRunner, sig: signal.Signals
-) -> None:
-    """Close the listeners now, answer what was already accepted and what idle keep-alive
-    clients send within the grace (with ``Connection: close``), then stop the server as its
-    signal handler does: aiohttp closes the connections still idle and shuts down."""
-    try:
-        sites = list(runner.sites)
-        listeners = [_quirks.aiohttp_site_listener(site) for site in sites]
-        await _listeners.close_listeners([listener for listener in listeners if listener])
-        for site in sites:
-            await site.stop()  # closed already: this takes it out of the runner
-        server = runner.server
-        if server is not None and _quirks.aiohttp_idle_connections(server) is not None:
-            await _listeners.answer_idle_connections(
-                lambda: _quirks.aiohttp_idle_connections(server) or 0,
-                state.config.idle_connection_grace,
-            )
-    finally:
-        _stop_server(state, sig)
-
-
-def _stop_server(state: _AppState, sig: signal.Signals) -> None:
-    if state.server_stopped:
-        return
-    state.server_stopped = True
-    if state.installed is None or state.installed.deliver(sig):
-        return
-    # No server handler for this signal (an AppRunner whose task waits forever, SIGTERM
-    # whose default would kill the process): cancel the task that started the app, so its
-    # ``finally: await runner.cleanup()`` runs the drain.
-    task = state.server_task
-    if task is not None and not task.done():
-        state.cancelled_server_task = True
-        task.cancel()
-
-
 async def _on_shutdown(app: web.Application) -> None:
     state = app[_STATE]
-    if state.installed is not None:
+    if state.sequence is not None and state.sequence.installed is not None:
         # run_app shuts down in a second run of the loop; uvloop takes the wakeup fd back for
         # it, and a second signal during the drain must still come here first.
-        state.installed.retake()
+        state.sequence.installed.retake()
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
     await _recovery.stop()
-    await _close_idle_connections(state)
-
-
-# asyncio takes this many loop turns from accepting a connection to the first step of
-# aiohttp's handler for it: accept task, transport, connection_made, handler task.
-_ACCEPT_TURNS = 4
-
-
-async def _close_idle_connections(state: _AppState) -> None:
-    """Close, once more, the connections that have no request in progress.
-
-    aiohttp closes idle connections once, right after closing the listeners and before the
-    drain. A connection accepted a moment before that has not started reading yet, so it is
-    only marked closing: aiohttp then ignores the request that arrives on it and waits for that
-    request anyway, for run_app's whole shutdown_timeout (60 s), well past the drain deadline.
-    Its request never reached the application, so closing it loses nothing: a proxy in front
-    sees the connection closed and may send the request to another instance.
-    """
-    for _ in range(_ACCEPT_TURNS):
-        await asyncio.sleep(0)
-    for server in _quirks.aiohttp_servers(asyncio.get_running_loop()):
-        if isinstance(server, web.Server):
-            server.pre_shutdown()
+    await close_idle_connections()
 
 
 async def _on_cleanup(app: web.Application) -> None:
     state = app[_STATE]
     if state.watching_listeners is not None:
         state.watching_listeners.cancel()
-    if state.installed is not None:
-        state.installed.uninstall()
-        state.installed = None
+    if state.sequence is not None:
+        state.sequence.uninstall()
     drain = state.drain
     report: DrainReport | None = drain.report if drain is not None else None
     if report is None or not report.reason.startswith("SIG"):
         return
-    if report.exit_code or state.cancelled_server_task:
+    if report.exit_code or (state.server is not None and state.server.cancelled_server_task):
         # Tell the orchestrator whether work was abandoned (run_app and gunicorn pass this
         # on), and end a task we cancelled with its status rather than a CancelledError.
         raise SystemExit(report.exit_code)

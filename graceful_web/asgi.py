@@ -12,7 +12,6 @@ shutdown and before anything is torn down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import signal
@@ -25,7 +24,7 @@ import anyio.abc
 
 from . import _census
 from ._asgi_lifespan import ASGIApp, Lifespan, Message, Receive, Scope, Send
-from ._asgi_stop import ServerStop
+from ._asgi_websocket import serve_websocket
 from ._config import Config
 from ._current import current_drain, request_done
 from ._drain import Drain, process
@@ -98,9 +97,7 @@ class GracefulLifespan:
             idle_connection_grace=idle_connection_grace,
             websocket_close_grace=websocket_close_grace,
         )
-        self.websocket_close_grace = self.config.websocket_close_grace
         self.handle_signals = handle_signals
-        self._stop = ServerStop(self.config, handle_signals=handle_signals)
         self._readiness_path = self.config.readiness_path
         # Set by lifespan startup; a request arriving while it is still False means the server
         # never sends lifespan, so nothing would be drained: said once, at that request.
@@ -126,10 +123,16 @@ class GracefulLifespan:
         elif scope_type == "websocket":
             if not self._lifespan_started:
                 self._warn_without_lifespan()
-            await self._websocket(scope, receive, send)
+            await serve_websocket(self.app, self.config, scope, receive, send)
         elif scope_type == "lifespan":
             await Lifespan(
-                self.app, self._stop, scope, receive, send, on_startup=self._note_lifespan
+                self.app,
+                self.config,
+                scope,
+                receive,
+                send,
+                handle_signals=self.handle_signals,
+                on_startup=self._note_lifespan,
             ).run()
         else:
             await self.app(scope, receive, send)
@@ -231,51 +234,6 @@ class GracefulLifespan:
             inside_protected.reset(token)
             if entered:
                 drain.exit_request(task)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        drain = current_drain()
-        path = scope.get("path", "")
-        send_lock = anyio.Lock()
-        closed_by_us = False
-        app_done = False
-
-        async def locked_send(message: Message) -> None:
-            async with send_lock:
-                await send(message)
-
-        async def close_when_grace_is_over(app_scope: anyio.CancelScope) -> None:
-            nonlocal closed_by_us
-            await drain.wait_shutting_down()
-            await anyio.sleep(self.websocket_close_grace)
-            if app_done or drain.forced:
-                return
-            closed_by_us = True
-            logger.info("closing websocket %s with 1001 (going away): drain grace is over", path)
-            with contextlib.suppress(Exception):
-                async with send_lock:
-                    await send({"type": "websocket.close", "code": 1001, "reason": "going away"})
-            app_scope.cancel()
-
-        token = inside_protected.set(True)
-        outer = anyio.CancelScope()
-        work = drain.request_started(f"WEBSOCKET {path}", outer.cancel)
-        try:
-            with outer:
-                async with anyio.create_task_group() as task_group:
-                    app_scope = anyio.CancelScope()
-                    task_group.start_soon(close_when_grace_is_over, app_scope)
-                    try:
-                        with app_scope:
-                            await self.app(scope, receive, locked_send)
-                    except Exception:
-                        if not closed_by_us:
-                            raise
-                    finally:
-                        app_done = True
-                        task_group.cancel_scope.cancel()
-        finally:
-            inside_protected.reset(token)
-            drain.discard(work)
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
