@@ -135,21 +135,24 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    text = table()
-    readme = README.read_text()
+def with_table(readme: str) -> str:
+    """``readme`` with the table between its markers written from the pages."""
     if BEGIN not in readme or END not in readme:
-        print(f"README.md has no {BEGIN} … {END} markers", file=sys.stderr)
-        return 1
+        raise SystemExit(f"README.md has no {BEGIN} … {END} markers")
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    written = pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme, count=1)
+    return pattern.sub(lambda _: f"{BEGIN}\n{table()}\n{END}", readme, count=1)
+
+
+def main() -> int:
+    readme = README.read_text()
+    written = with_table(readme)
     if "--check" in sys.argv[1:]:
         if written != readme:
-            print("README.md's restart table is not the docs' figures: make restart-table")
+            print("README.md's restart table is not what the docs pages say: make restart-table")
             return 1
         return 0
-    print(text)
     README.write_text(written)
+    print(table())
     return 0
 
 
