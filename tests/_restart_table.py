@@ -118,7 +118,7 @@ RESTARTS = [
      "([containers](docs/containers.md#what-make-test-docker-measures))", compose_stop),
     ("`docker service update --force` under load, 3 replicas of aiohttp and of uvicorn "
      "([Docker Swarm](docs/swarm.md#what-make-test-swarm-measures))", swarm_update),
-    ("two reloads (SIGHUP) under load, 2 workers, each of 6 servers "
+    ("two reloads (SIGHUP) under load, 2 workers, 6 servers and worker classes "
      "([reloads](docs/reloads.md#measured-two-reloads-under-load))", reloads),
     ("SIGTERM with 10 000 slow requests in flight, aiohttp and uvicorn, 3 runs each "
      "([benchmarks](docs/benchmarks.md#the-last-run))", in_flight),
