@@ -32,6 +32,8 @@ def losses(runs: Iterable[Run]) -> str:
         sums[graceful] = [
             total + figure for total, figure in zip(sums[graceful], figures, strict=True)
         ]
+    if not (sums[False][1] and sums[True][1]):
+        raise SystemExit("a page no longer has the runs of both kinds: it changed shape")
     cells = []
     for failed, sent, lost, accepted in (sums[False], sums[True]):
         cells += [f"{failed} / {sent}", f"{lost} / {accepted}" if accepted else "no jobs"]
@@ -75,8 +77,8 @@ def answered_and_recorded(graceful: bool, requests: str, jobs: str) -> Run:
 def demo() -> Iterator[Run]:
     """``make demo``'s summary as docs/demo.md shows it."""
     lines = (ROOT / "docs" / "demo.md").read_text().splitlines()
-    start = next(n for n, line in enumerate(lines) if line.startswith("service  graceful_web"))
-    for line in itertools.takewhile(lambda line: line[:1].isalpha(), lines[start + 1 :]):
+    header = [n for n, line in enumerate(lines) if line.startswith("service  graceful_web")]
+    for line in itertools.takewhile(lambda line: line[:1].isalpha(), lines[header[0] + 1 :]):
         _, mode, requests, jobs = line.split()[:4]
         yield answered_and_recorded(mode == "on", requests, jobs)
 
