@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean docs release-check \
-	test-reload reload-table
+	test-reload reload-table restart-table
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,8 +74,9 @@ test-lowest:
 
 # What graceful_web costs while serving and how fast it stops, side by side with the bare
 # servers, and what a durable job costs beside DBOS and arq (about twelve minutes); writes
-# bench/results.md and the table in README.md. Needs wrk, and PostgreSQL and Redis (installed
-# by .ci/ensure_stores.sh; the bench starts its own servers on 127.0.0.1).
+# bench/results.md, which docs/benchmarks.md shows whole, and the README's restart table. Needs
+# wrk, and PostgreSQL and Redis (installed by .ci/ensure_stores.sh; the bench starts its own
+# servers on 127.0.0.1).
 # BENCH_QUICK=1 make bench checks the bench itself in about three minutes, writing neither.
 # $(PY) -m bench durable measures the durable jobs alone and writes their section of results.md.
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -87,8 +88,10 @@ bench: $(STAMP) $(BENCH_STAMP)
 	bash bench/install_wrk.sh
 	bash .ci/ensure_stores.sh
 	$(PY) -m bench
+	$(PY) -m tests._restart_table
 
-# Every server on every event loop, drained under SIGTERM; writes the README's server table.
+# Every server on every event loop, drained under SIGTERM; writes its table in
+# docs/servers/index.md.
 matrix: $(STAMP)
 	rm -f .matrix-figures.jsonl
 	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
@@ -103,15 +106,21 @@ test-reload: $(STAMP)
 	bash .ci/ensure_nginx.sh
 	GRACEFUL_RELOAD_TESTS=1 $(PY) -m pytest -q tests/reload
 
-# make test-reload recording each run's figures; writes the table in docs/reloads.md from what
-# was recorded even when a test failed (a run records its figures before its checks), then
-# fails as the tests did.
+# make test-reload recording each run's figures; writes the tables in docs/reloads.md and the
+# README's restart table from what was recorded even when a test failed (a run records its
+# figures before its checks), then fails as the tests did.
 reload-table: $(STAMP)
 	bash .ci/ensure_nginx.sh
 	rm -f .reload-figures.jsonl
 	GRACEFUL_RELOAD_FIGURES=$(CURDIR)/.reload-figures.jsonl GRACEFUL_RELOAD_TESTS=1 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/reload; status=$$?; \
-		$(PY) -m tests._reload_table .reload-figures.jsonl && exit $$status
+		$(PY) -m tests._reload_table .reload-figures.jsonl && $(PY) -m tests._restart_table && exit $$status
+
+# The README's one table, what a restart loses bare and with graceful_web: summed from the
+# figures the docs pages hold (make demo, make test-docker, make test-swarm, make reload-table,
+# make bench). tests/test_docs_examples.py fails when it no longer matches them.
+restart-table: | $(PY)
+	$(PY) -m tests._restart_table
 
 lint: $(STAMP)
 	$(PY) -m ruff check graceful_web

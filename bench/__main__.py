@@ -1,13 +1,13 @@
-"""``python -m bench`` (``make bench``): every figure, side by side, then bench/results.md and
-the table in README.md. Bounded in time: about twelve minutes on two cores.
+"""``python -m bench`` (``make bench``): every figure, side by side, then bench/results.md
+(docs/benchmarks.md shows it whole). Bounded in time: about twelve minutes on two cores.
 
 ``BENCH_QUICK=1`` (or ``python -m bench --quick``) runs every figure once, short and small,
 to check the bench itself in about two minutes; it writes bench/.out/results-quick.md
-and leaves bench/results.md and README.md alone.
+and leaves bench/results.md alone.
 
 ``python -m bench durable`` measures figure 7 (durable jobs) by itself, in about two minutes,
-and writes its section into bench/results.md in place of the one there (the summary table and
-README.md are left to a whole run); with ``--quick`` (or ``BENCH_QUICK=1``) once and small,
+and writes its section into bench/results.md in place of the one there (the summary table is
+left to a whole run); with ``--quick`` (or ``BENCH_QUICK=1``) once and small,
 printed and written to bench/.out/durable-quick.md only.
 """
 
@@ -98,14 +98,10 @@ QUICK_RESULTS = ROOT / "bench" / ".out" / "results-quick.md"
 def write_report(results: report.Results) -> None:
     if results.quick:
         QUICK_RESULTS.write_text(report.results_markdown(results))
-        _say(f"quick run: wrote {QUICK_RESULTS.relative_to(ROOT)}; results.md and README alone")
+        _say(f"quick run: wrote {QUICK_RESULTS.relative_to(ROOT)}; results.md left alone")
         return
     report.RESULTS.write_text(report.results_markdown(results))
     _say(f"wrote {report.RESULTS.relative_to(ROOT)}")
-    if report.update_readme(report.summary_table(results)):
-        _say("updated the table in README.md")
-    else:
-        _say("README.md has no bench markers: its table was left alone")
 
 
 def measure_durable(plan: Plan) -> durable_jobs.DurableFigures:

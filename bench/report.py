@@ -1,7 +1,5 @@
-"""Writing bench/results.md and the summary table in README.md from one run's figures.
-
-The README table sits between two markers and is replaced whole by every run, so it always
-matches the results file written by the same run.
+"""Writing bench/results.md from one run's figures: its summary table, then every figure with
+its spread. docs/benchmarks.md includes the file whole, so the figures live in one place.
 """
 
 from __future__ import annotations
@@ -26,9 +24,6 @@ from .stopping import EXIT_CASES, StopFigures
 from .throughput import CONNECTIONS, VARIANTS, Comparison
 
 RESULTS = ROOT / "bench" / "results.md"
-README = ROOT / "README.md"
-BEGIN = "<!-- bench:begin (written by make bench) -->"
-END = "<!-- bench:end -->"
 EN_DASH = "\u2013"
 
 #: The server each throughput comparison runs, as the tables name it.
@@ -122,7 +117,7 @@ def throughput_verdict(comparison: Comparison) -> str:
     return f"ratio ≥ {ASGI_RATIO}: {_verdict(ratio >= ASGI_RATIO)}"
 
 
-# -- the summary table (README and results) -------------------------------------------------
+# -- the summary table -------------------------------------------------------------------
 
 
 def summary_table(results: Results) -> str:
@@ -818,14 +813,3 @@ def splice_durable_section(text: str, section: list[str]) -> str:
         )
         spliced = [*lines[:start], *section, *lines[end:]]
     return "\n".join(spliced).rstrip("\n") + "\n"
-
-
-def update_readme(table: str) -> bool:
-    """Replace the table between the markers in README.md; False when they are missing."""
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-    return True

@@ -1,5 +1,6 @@
-"""``python -m tests._matrix_table FIGURES``: the README's server and loop table from the figures
-``make matrix`` had tests/test_servers_and_loops.py record (one JSON line per row)."""
+"""``python -m tests._matrix_table FIGURES``: the server and loop table of docs/servers/index.md,
+from the figures ``make matrix`` had tests/test_servers_and_loops.py record (one JSON line a
+row)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "servers" / "index.md"
 BEGIN, END = "<!-- matrix:begin -->", "<!-- matrix:end -->"
 
 
@@ -40,12 +41,12 @@ def main() -> int:
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line]
     text = table(rows)
     print(text)
-    readme = README.read_text()
-    if BEGIN not in readme or END not in readme:
-        print(f"README.md has no {BEGIN} … {END} markers: left alone", file=sys.stderr)
+    page = PAGE.read_text()
+    if BEGIN not in page or END not in page:
+        print(f"{PAGE} has no {BEGIN} … {END} markers: left alone", file=sys.stderr)
         return 0
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    README.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme))
+    PAGE.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", page))
     return 0
 
 

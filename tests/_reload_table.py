@@ -5,8 +5,9 @@ last counts).
 
 The table goes between ``<!-- reload-matrix:begin -->`` and ``<!-- reload-matrix:end -->``,
 and nothing else of the page is touched: its other sections are written by other hands. The
-page is read right before it is written. A summary, one row a server, goes into README.md
-between ``<!-- reload-summary:begin -->`` and ``<!-- reload-summary:end -->``.
+page is read right before it is written. A summary, one row a server, goes into the same page
+between ``<!-- reload-summary:begin -->`` and ``<!-- reload-summary:end -->``; the README's
+table of what a restart loses is written from it (``python -m tests._restart_table``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "reloads.md"
 BEGIN, END = "<!-- reload-matrix:begin -->", "<!-- reload-matrix:end -->"
-README = ROOT / "README.md"
 SUMMARY_BEGIN, SUMMARY_END = "<!-- reload-summary:begin -->", "<!-- reload-summary:end -->"
 TEST = "reload_matrix"
 STEADY = ("fresh", "keepalive_get", "keepalive_post")
@@ -182,7 +182,7 @@ def main() -> int:
     write_between_markers(text)
     short = summary(runs)
     print(short)
-    write_between_markers(short, README, SUMMARY_BEGIN, SUMMARY_END)
+    write_between_markers(short, PAGE, SUMMARY_BEGIN, SUMMARY_END)
     return 0
 
 

@@ -43,6 +43,7 @@ import httpx
 import pytest
 import yaml
 
+from . import _restart_table
 from .conftest import ROOT, free_port, stop, wait_until
 
 DOCS = ROOT / "docs"
@@ -159,6 +160,12 @@ def test_the_readmes_links_lead_to_files_that_exist() -> None:
     local = [t for t in targets if "://" not in t]
     assert local, "the README links into the docs"
     assert [t for t in local if not (ROOT / t).exists()] == []
+
+
+def test_the_readmes_restart_table_adds_up_the_figures_of_the_docs() -> None:
+    """Each figure lives on its docs page; after changing one, `make restart-table`."""
+    readme = (ROOT / "README.md").read_text()
+    assert _restart_table.with_table(readme) == readme
 
 
 # -- rewriting for this machine ------------------------------------------------------------

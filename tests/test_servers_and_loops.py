@@ -3,8 +3,8 @@
 Each row: a slow request and protected jobs are in flight when SIGTERM arrives; the client
 gets its full response, every job its record, new connections are refused while the work is
 still running, and the process exits 0. With GRACEFUL_MATRIX_FIGURES=path, each row appends
-its figures (signal → refused, signal → exit) to that file as a JSON line: the README's
-server table is written from one such run.
+its figures (signal → refused, signal → exit) to that file as a JSON line: the table in
+docs/servers/index.md is written from one such run.
 """
 
 from __future__ import annotations
