@@ -8,7 +8,9 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, get_type_hints
+
+from ._report import AbandonedCallback, DrainFinishedCallback, DrainStartedCallback
 
 DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
 PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
@@ -46,6 +48,45 @@ HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
 #: the settings only keep it.
 Hook = Callable[[Any], "Awaitable[None] | None"]
+
+
+class DrainSettings(TypedDict, total=False):
+    """The settings of every drain, as keyword arguments (``graceful_web.run``)."""
+
+    drain_timeout: float | None
+    signals: Iterable[signal.Signals | int | str] | None
+    on_abandoned: AbandonedCallback | None
+    progress_interval: float | None
+    on_drain_started: DrainStartedCallback | None
+    on_drain_finished: DrainFinishedCallback | None
+
+
+class ServerSettings(DrainSettings, total=False):
+    """The settings of a web server's drain (``graceful_web.aiohttp.setup``)."""
+
+    pre_stop_delay: float | None
+    readiness_path: str | None
+    idle_connection_grace: float | None
+
+
+class AsgiSettings(ServerSettings, total=False):
+    """The settings of ``GracefulLifespan``."""
+
+    websocket_close_grace: float | None
+
+
+def config_of(
+    caller: str, settings: dict[str, Any], accepted: type[DrainSettings]
+) -> Config:
+    """The checked settings ``caller`` was given, refusing a keyword it does not take."""
+    names = get_type_hints(accepted)
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise TypeError(
+            f"{caller} got an unexpected keyword argument {unknown[0]!r}; its settings are "
+            f"{', '.join(sorted(names))}"
+        )
+    return Config.build(**settings)
 
 
 @dataclass(frozen=True)

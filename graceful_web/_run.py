@@ -13,19 +13,16 @@ import contextvars
 import logging
 import signal
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar, Unpack, cast
 
 from . import _quirks, _signals
-from ._config import CANCEL_GRACE, Config
+from ._config import CANCEL_GRACE, Config, DrainSettings, config_of
 from ._current import current_drain
 from ._drain import Drain
 from ._report import (
-    AbandonedCallback,
-    DrainFinishedCallback,
     DrainReport,
-    DrainStartedCallback,
 )
 from ._stop import start_drain
 from ._work import inside_protected
@@ -41,14 +38,9 @@ T = TypeVar("T")
 def run(
     main: Coroutine[Any, Any, T],
     *,
-    drain_timeout: float | None = None,
-    signals: Iterable[signal.Signals | int | str] | None = None,
-    on_abandoned: AbandonedCallback | None = None,
-    progress_interval: float | None = None,
-    on_drain_started: DrainStartedCallback | None = None,
-    on_drain_finished: DrainFinishedCallback | None = None,
     debug: bool | None = None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    **settings: Unpack[DrainSettings],
 ) -> T:
     """Run ``main`` like ``asyncio.run``, draining protected jobs when it is stopped.
 
@@ -76,15 +68,7 @@ def run(
                 "loop_factory must be a callable that returns a new event loop, e.g. "
                 f"uvloop.new_event_loop (not uvloop.new_event_loop()); got {loop_factory!r}"
             )
-        config = Config.build(
-            drain_timeout=drain_timeout,
-            signals=signals,
-            on_abandoned=on_abandoned,
-            readiness_path=None,
-            progress_interval=progress_interval,
-            on_drain_started=on_drain_started,
-            on_drain_finished=on_drain_finished,
-        )
+        config = replace(config_of("run()", dict(settings), DrainSettings), readiness_path=None)
     except BaseException:
         main.close()  # never started: close it rather than leave a "never awaited" warning
         raise

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Unpack
 
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
 from . import _census, _listeners
 from ._aiohttp_stop import AiohttpServer, close_idle_connections
-from ._config import Config
+from ._config import Config, ServerSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
 from ._report import (
-    AbandonedCallback,
-    DrainFinishedCallback,
     DrainReport,
-    DrainStartedCallback,
 )
 from ._stop import StopSequence
 from ._work import inside_protected
@@ -73,16 +70,8 @@ def _check_aiohttp_version() -> None:
 def setup(
     app: web.Application,
     *,
-    drain_timeout: float | None = None,
-    pre_stop_delay: float | None = None,
-    readiness_path: str | None = "/readyz",
-    on_abandoned: AbandonedCallback | None = None,
-    signals: Iterable[signal.Signals | int | str] | None = None,
     handle_signals: bool = True,
-    progress_interval: float | None = None,
-    on_drain_started: DrainStartedCallback | None = None,
-    on_drain_finished: DrainFinishedCallback | None = None,
-    idle_connection_grace: float | None = None,
+    **settings: Unpack[ServerSettings],
 ) -> None:
     """Tie graceful draining into ``app``'s startup and shutdown.
 
@@ -110,17 +99,7 @@ def setup(
         raise TypeError(f"setup() takes an aiohttp web.Application, got {app!r}")
     if _STATE in app:
         raise RuntimeError("graceful_web.aiohttp.setup() was already called for this app")
-    config = Config.build(
-        drain_timeout=drain_timeout,
-        pre_stop_delay=pre_stop_delay,
-        on_abandoned=on_abandoned,
-        signals=signals,
-        readiness_path=readiness_path,
-        progress_interval=progress_interval,
-        on_drain_started=on_drain_started,
-        on_drain_finished=on_drain_finished,
-        idle_connection_grace=idle_connection_grace,
-    )
+    config = config_of("setup()", dict(settings), ServerSettings)
     if config.readiness_path is not None:
         _add_readiness_route(app, config.readiness_path)
     app[_STATE] = _AppState(config=config, handle_signals=handle_signals)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Iterable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Unpack
 
 import anyio
 import anyio.abc
@@ -25,14 +24,9 @@ import anyio.abc
 from . import _census
 from ._asgi_lifespan import ASGIApp, Lifespan, Message, Receive, Scope, Send
 from ._asgi_websocket import serve_websocket
-from ._config import Config
+from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
-from ._report import (
-    AbandonedCallback,
-    DrainFinishedCallback,
-    DrainStartedCallback,
-)
 from ._work import inside_protected
 from .durable import _functions as _durable_functions
 from .durable import _journal as _durable
@@ -71,32 +65,12 @@ class GracefulLifespan:
         self,
         app: ASGIApp,
         *,
-        drain_timeout: float | None = None,
-        pre_stop_delay: float | None = None,
-        readiness_path: str | None = "/readyz",
-        websocket_close_grace: float | None = None,
-        on_abandoned: AbandonedCallback | None = None,
-        signals: Iterable[signal.Signals | int | str] | None = None,
         handle_signals: bool = True,
-        progress_interval: float | None = None,
-        on_drain_started: DrainStartedCallback | None = None,
-        on_drain_finished: DrainFinishedCallback | None = None,
-        idle_connection_grace: float | None = None,
+        **settings: Unpack[AsgiSettings],
     ) -> None:
         _check_asgi3(app)
         self.app = app
-        self.config = Config.build(
-            drain_timeout=drain_timeout,
-            pre_stop_delay=pre_stop_delay,
-            on_abandoned=on_abandoned,
-            signals=signals,
-            readiness_path=readiness_path,
-            progress_interval=progress_interval,
-            on_drain_started=on_drain_started,
-            on_drain_finished=on_drain_finished,
-            idle_connection_grace=idle_connection_grace,
-            websocket_close_grace=websocket_close_grace,
-        )
+        self.config = config_of("GracefulLifespan()", dict(settings), AsgiSettings)
         self.handle_signals = handle_signals
         self._readiness_path = self.config.readiness_path
         # Set by lifespan startup; a request arriving while it is still False means the server
