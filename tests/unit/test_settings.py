@@ -23,7 +23,7 @@ def test_a_misspelt_setting_is_refused_by_setup_naming_the_settings() -> None:
 def test_gracefullifespan_takes_the_websocket_grace_and_refuses_what_it_does_not_take() -> None:
     wrapped = GracefulLifespan(asgi_app, drain_timeout=4, websocket_close_grace=1)
     assert wrapped.config.websocket_close_grace == 1.0
-    with pytest.raises(TypeError, match="'pre_stop'; its settings are .*pre_stop_delay"):
+    with pytest.raises(TypeError, match=r"'pre_stop'; its settings are .*pre_stop_delay"):
         GracefulLifespan(asgi_app, pre_stop=1)  # type: ignore[call-arg]
 
 
