@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from . import durable as _durable
 from ._asgi_stop import ServerStop
 from ._current import current_drain
 from ._drain import Drain
 from ._report import DrainReport
 from ._watchdog import exit_now
-from .durable import _recovery
 
 logger = logging.getLogger("graceful_web")
 
@@ -80,7 +80,7 @@ class Lifespan:
         drain.configure(self.stop.config)
         # Before the app serves: the store opens, and what others left behind starts running.
         try:
-            await _recovery.start()
+            await _durable.startup()
         except Exception as exc:
             # A store that can never work (a damaged file): the server must not start.
             logger.error("%s", exc)
@@ -131,7 +131,7 @@ class Lifespan:
         self.shutdown_requested.set()
         drain.begin("shutdown")
         await self.drained.wait()
-        await _recovery.stop()
+        await _durable.shutdown()
         shutdown_reply = await self._shut_inner_down()
         self.stop.uninstall()
         self._exit_if_work_was_lost()
