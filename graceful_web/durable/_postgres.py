@@ -69,11 +69,12 @@ WHERE state = 'ready' AND run_after <= now() AND name = ANY($1::text[])
 ORDER BY created LIMIT $2
 """
 
-FAIL = """
-UPDATE graceful_jobs SET failures = $4, error = $5, state = $6, owner = NULL,
-    run_after = now() + make_interval(secs => $7)
-WHERE id = $1 AND owner = $2 AND failures = $3
-"""
+SETTLE = "UPDATE graceful_jobs SET failures = $4, error = $5, state = $6, "
+HELD = " WHERE id = $1 AND owner = $2 AND failures = $3"
+
+FAIL = SETTLE + "run_after = now() + make_interval(secs => $7), owner = NULL" + HELD
+
+TAKE_OVER = SETTLE + "owner = $7, attempt = attempt + $8" + HELD + LEASE_OUT
 
 
 class PostgresStore:
@@ -132,20 +133,22 @@ class PostgresStore:
             owner,
         )
 
-    async def fail(
-        self, owner: str, record: Record, failure: Failure, *, lost: bool = False
+    async def fail(self, owner: str, record: Record, failure: Failure) -> bool:
+        return await self._settle(FAIL, owner, record, failure, failure.delay)
+
+    async def take_over(
+        self, owner: str, lost_owner: str, record: Record, failure: Failure
     ) -> bool:
-        rows = await self._execute(
-            FAIL + (LEASE_OUT if lost else "") + " RETURNING id",
-            record.id,
-            owner,
-            record.failures,
-            failure.failures,
-            failure.error,
-            "dead" if failure.dead else "ready",
-            failure.delay,
-        )
-        return bool(rows)
+        taker, next_attempt = (None, 0) if failure.dead else (owner, 1)
+        return await self._settle(TAKE_OVER, lost_owner, record, failure, taker, next_attempt)
+
+    async def _settle(
+        self, query: str, holder: str, record: Record, failure: Failure, *then: Any
+    ) -> bool:
+        """Write ``failure`` (and ``then``) while ``holder`` holds ``record`` as it was read."""
+        held = (record.id, holder, record.failures)
+        decided = (failure.failures, failure.error, "dead" if failure.dead else "ready")
+        return bool(await self._execute(query + " RETURNING id", *held, *decided, *then))
 
     async def heartbeat(self, owner: str, lease: float) -> None:
         await self._execute(

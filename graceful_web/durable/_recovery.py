@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from dataclasses import replace
 
 from .._current import current_drain
 from . import _policy
 from ._functions import functions
 from ._journal import Journal, active, counts, journal_for, journals
-from ._records import DeadJob, Failure, Record, StoreCorrupt, StoreUnavailable
+from ._records import DeadJob, Record, StoreCorrupt, StoreUnavailable
 from ._runner import start_claimed
 
 logger = logging.getLogger("graceful_web")
@@ -96,12 +97,12 @@ async def _claim_while_serving(journal: Journal) -> None:
 async def _claim(journal: Journal) -> None:
     await journal.open()
     names = list(functions)
-    for owner, record in await journal.store.lost(names, CLAIM_LIMIT):
-        failure = _policy.lost(record)
-        if await journal.store.fail(owner, record, failure, lost=True) and failure.dead:
-            counts["dead"] += 1
-            _log_dead(record, failure)
     claimed = await journal.store.claim(journal.owner, names, CLAIM_LIMIT)
+    try:
+        await _take_over_lost(journal, names, claimed)
+    except StoreUnavailable as exc:
+        # What was taken over before runs all the same: it is this process's now.
+        logger.debug("could not take over durable jobs whose process ended: %s", exc)
     if not claimed:
         return
     drain = current_drain()
@@ -121,16 +122,26 @@ async def _claim(journal: Journal) -> None:
         start_claimed(journal, drain.work, record)
 
 
-def _log_dead(record: Record, failure: Failure) -> None:
-    logger.error(
-        "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run again "
-        "(graceful_web.durable.dead_jobs() lists it)",
-        record.name,
-        record.id,
-        failure.failures,
-        failure.error,
-        extra={"graceful_job_id": record.id},
-    )
+async def _take_over_lost(journal: Journal, names: list[str], claimed: list[Record]) -> None:
+    """Take over, into ``claimed``, the records of processes whose lease ran out: a failure
+    each, after which a job out of attempts is kept as dead instead."""
+    for lost_owner, record in await journal.store.lost(names, CLAIM_LIMIT - len(claimed)):
+        failure = _policy.lost(record)
+        if not await journal.store.take_over(journal.owner, lost_owner, record, failure):
+            continue  # renewed, or taken over by another process meanwhile
+        if not failure.dead:
+            claimed.append(replace(record, attempt=record.attempt + 1, failures=failure.failures))
+            continue
+        counts["dead"] += 1
+        logger.error(
+            "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run "
+            "again (graceful_web.durable.dead_jobs() lists it)",
+            record.name,
+            record.id,
+            failure.failures,
+            failure.error,
+            extra={"graceful_job_id": record.id},
+        )
 
 
 async def dead_jobs() -> list[DeadJob]:

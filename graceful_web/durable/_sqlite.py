@@ -1,27 +1,19 @@
-"""The embedded store: one SQLite file in WAL mode, shared safely by every worker process of
-one host. Each store talks to its file from one thread of its own, so the event loop never
-waits for the disk; SQLite's own locking orders the writers of all processes. Queries only:
-time is this host's clock, and what a failure makes of a job comes decided (``_policy``).
+"""The embedded store: one SQLite file (``_sqlite_file``), shared safely by every worker
+process of one host. Queries only: time is this host's clock, and what a failure makes of a
+job comes decided (``_policy``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from ._records import DeadJob, Failure, Record, StoreCorrupt, StoreUnavailable
+from ._records import DeadJob, Failure, Record
 from ._records import dead_job as _dead_job
-
-T = TypeVar("T")
-
-#: How long a write waits for another process holding the file's write lock.
-BUSY_TIMEOUT_MS = 5000
+from ._sqlite_file import SQLiteFile, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS graceful_jobs (
@@ -44,9 +36,6 @@ CREATE TABLE IF NOT EXISTS graceful_owners (
 );
 """
 
-#: What SQLite says of a file that is not a job store, or is damaged.
-CORRUPT = ("not a database", "malformed", "file is encrypted")
-
 #: The record's owner holds no live lease: it ended, or stopped renewing.
 LEASE_OUT = (
     " AND NOT EXISTS (SELECT 1 FROM graceful_owners o "
@@ -57,67 +46,18 @@ LEASE_OUT = (
 class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._connection: sqlite3.Connection | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "graceful-durable-sqlite")
+        self._file = SQLiteFile(self.path, SCHEMA)
+        self._write = self._file.write
+        self._read = self._file.read
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
-    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        # Shielded: a write the thread has begun completes whatever happens to its caller.
-        return await asyncio.shield(loop.run_in_executor(self._thread, self._run, work))
-
-    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            if self._connection is None:
-                self._connection = self._connect()
-            return work(self._connection)
-        except sqlite3.DatabaseError as exc:
-            if any(sign in str(exc).lower() for sign in CORRUPT):
-                raise StoreCorrupt(
-                    f"{self.path} is not a graceful_web job store or is damaged ({exc}): "
-                    f"move it aside (its jobs may be lost) or point GRACEFUL_DURABLE_URL at "
-                    f"another file"
-                ) from exc
-            raise StoreUnavailable(
-                f"the job store {self.path} could not be written: {exc}"
-            ) from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path.parent and not self.path.parent.exists():
-            raise StoreUnavailable(
-                f"the folder of the job store {self.path} does not exist: create it, or point "
-                f"GRACEFUL_DURABLE_URL at a file in an existing folder"
-            )
-        connection = sqlite3.connect(self.path, BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
-        # Every commit reaches the disk before the client hears "accepted".
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.executescript(SCHEMA)
-        return connection
-
     async def open(self) -> None:
-        await self._call(lambda connection: None)
+        await self._file.call(lambda connection: None)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._call(lambda connection: connection.close())
-            self._connection = None
-        self._thread.shutdown(wait=False)
-
-    async def _write(self, statement: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        """One statement for each of ``rows``, in one transaction; how many rows it changed."""
-
-        def write(connection: sqlite3.Connection) -> int:
-            with _transaction(connection):
-                return connection.executemany(statement, rows).rowcount
-
-        return await self._call(write)
-
-    async def _read(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await self._call(lambda connection: connection.execute(query, params).fetchall())
+        await self._file.close()
 
     async def insert(self, owner: str, records: Sequence[Record]) -> None:
         now = time.time()
@@ -137,24 +77,42 @@ class SQLiteStore:
             [(now, job_id, owner) for job_id in ids],
         )
 
-    async def fail(
-        self, owner: str, record: Record, failure: Failure, *, lost: bool = False
+    async def fail(self, owner: str, record: Record, failure: Failure) -> bool:
+        run_after = time.time() + failure.delay
+        return await self._settle(owner, record, failure, "run_after = ?, owner = NULL", run_after)
+
+    async def take_over(
+        self, owner: str, lost_owner: str, record: Record, failure: Failure
     ) -> bool:
-        now = time.time()
-        state = "dead" if failure.dead else "ready"
-        decided = (failure.failures, now + failure.delay, failure.error, state)
-        held = (record.id, owner, record.failures, *((now,) if lost else ()))
+        taker, next_attempt = (None, 0) if failure.dead else (owner, 1)
+        taken = "owner = ?, attempt = attempt + ?"
+        return await self._settle(
+            lost_owner, record, failure, taken, taker, next_attempt, lost=True
+        )
+
+    async def _settle(
+        self,
+        holder: str,
+        record: Record,
+        failure: Failure,
+        then: str,
+        *then_params: Any,
+        lost: bool = False,
+    ) -> bool:
+        """Write ``failure`` and ``then`` while ``holder`` holds ``record`` as it was read (and,
+        when it is ``lost``, while its lease is still out)."""
+        decided = (failure.failures, failure.error, "dead" if failure.dead else "ready")
+        held = (record.id, holder, record.failures, *((time.time(),) if lost else ()))
         changed = await self._write(
-            "UPDATE graceful_jobs SET failures = ?, run_after = ?, error = ?, state = ?, "
-            "owner = NULL WHERE id = ? AND owner = ? AND failures = ?"
-            + (LEASE_OUT if lost else ""),
-            [(*decided, *held)],
+            f"UPDATE graceful_jobs SET failures = ?, error = ?, state = ?, {then} "
+            f"WHERE id = ? AND owner = ? AND failures = ?{LEASE_OUT if lost else ''}",
+            [(*decided, *then_params, *held)],
         )
         return changed == 1
 
     async def heartbeat(self, owner: str, lease: float) -> None:
         def heartbeat(connection: sqlite3.Connection) -> None:
-            with _transaction(connection):
+            with transaction(connection):
                 connection.execute(
                     "INSERT INTO graceful_owners (owner, expires) VALUES (?, ?) "
                     "ON CONFLICT (owner) DO UPDATE SET expires = excluded.expires",
@@ -167,7 +125,7 @@ class SQLiteStore:
                     (time.time() - lease,),
                 )
 
-        await self._call(heartbeat)
+        await self._file.call(heartbeat)
 
     async def forget_owner(self, owner: str) -> None:
         await self._write("DELETE FROM graceful_owners WHERE owner = ?", [(owner,)])
@@ -189,7 +147,7 @@ class SQLiteStore:
         def claim(connection: sqlite3.Connection) -> list[Record]:
             # IMMEDIATE: the write lock is taken before reading, so two processes never
             # claim the same record.
-            with _transaction(connection, "BEGIN IMMEDIATE"):
+            with transaction(connection, "BEGIN IMMEDIATE"):
                 rows = connection.execute(
                     f"SELECT id, name, args, max_attempts, attempt + 1, failures "
                     f"FROM graceful_jobs WHERE state = 'ready' AND run_after <= ? "
@@ -204,7 +162,7 @@ class SQLiteStore:
                 )
             return claimed
 
-        return await self._call(claim)
+        return await self._file.call(claim)
 
     async def dead_jobs(self) -> list[DeadJob]:
         rows = await self._read(
@@ -228,19 +186,6 @@ class SQLiteStore:
             names,
         )
         return dict(rows)
-
-
-@contextlib.contextmanager
-def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[None]:
-    """BEGIN … COMMIT, or ROLLBACK on error, on a connection in autocommit mode."""
-    connection.execute(begin)
-    try:
-        yield
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def _marks(names: Sequence[str]) -> str:

@@ -3,7 +3,8 @@ store a URL names.
 
 A record is a job's function name and JSON arguments. Its ``owner`` is the process running
 it, which keeps its lease alive in the store; a record with no owner is free for any process
-to claim, and one whose owner's lease ran out is lost: its failure is counted, then it is free.
+to claim, and one whose owner's lease ran out is lost: another process counts its failure and
+takes it over.
 A store only runs queries: what a failure makes of a record is decided by ``_policy``.
 """
 
@@ -30,13 +31,17 @@ class Store(Protocol):
     async def hand_over(self, owner: str, ids: Sequence[str]) -> None:
         """Release ``owner``'s records for any process to claim at once."""
 
-    async def fail(
-        self, owner: str, record: Record, failure: Failure, *, lost: bool = False
+    async def fail(self, owner: str, record: Record, failure: Failure) -> bool:
+        """Write ``failure`` of a run of ``owner``'s: the record, released, counts it, keeps its
+        error and waits ``failure.delay``, or is dead. Only while ``owner`` holds it with
+        ``record.failures`` counted: else False, and nothing was written."""
+
+    async def take_over(
+        self, owner: str, lost_owner: str, record: Record, failure: Failure
     ) -> bool:
-        """Write ``failure``: the record, released, counts its failures, keeps its error and
-        waits ``failure.delay`` (or is dead). Only while ``owner`` holds it with
-        ``record.failures`` counted (and, when ``lost``, while ``owner``'s lease is out):
-        False when it was no longer so, and nothing was written."""
+        """Write ``failure`` of a lost record and take it for ``owner`` on its next attempt
+        (or, dead, leave it to no one). Only while ``lost_owner``'s lease is still out and it
+        holds the record with ``record.failures`` counted: else False, and nothing was written."""
 
     async def heartbeat(self, owner: str, lease: float) -> None:
         """``owner`` is alive: its records stay its own for ``lease`` seconds more."""

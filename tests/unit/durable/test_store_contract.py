@@ -159,7 +159,7 @@ async def test_a_failure_is_written_only_by_the_owner_it_was_decided_for(
     assert not await a.fail(A, record, failure)  # written once: it is no longer a's
 
 
-async def test_a_job_whose_owners_lease_ran_out_is_lost_counts_a_failure_and_runs_elsewhere(
+async def test_a_job_whose_owners_lease_ran_out_is_lost_and_taken_over_counting_a_failure(
     opened: Callable[[], Awaitable[Store]], b: Store
 ) -> None:
     a = await opened()
@@ -171,10 +171,14 @@ async def test_a_job_whose_owners_lease_ran_out_is_lost_counts_a_failure_and_run
     assert await b.lost(NAMES, LIMIT) == [(A, record)]
     failure = _policy.lost(record)
     assert failure.delay == 0 and not failure.dead
-    assert await b.fail(A, record, failure, lost=True)
-    assert not await b.fail(A, record, failure, lost=True)  # settled once
+    assert await b.take_over(B, A, record, failure)
+    assert not await b.take_over(B, A, record, failure)  # taken once
     assert await b.lost(NAMES, LIMIT) == []
-    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(record, failures=1)]
+    assert await b.claim(B, NAMES, LIMIT) == []  # b's now, on its second attempt
+    await b.hand_over(B, [record.id])
+    assert await b.claim(B, NAMES, LIMIT) == [
+        Record(record.id, JOB, record.args, 3, attempt=3, failures=1)
+    ]
 
 
 async def test_a_lost_job_on_its_last_attempt_is_dead_saying_its_process_ended(
@@ -188,7 +192,8 @@ async def test_a_lost_job_on_its_last_attempt_is_dead_saying_its_process_ended(
     [(owner, lost)] = await b.lost(NAMES, LIMIT)
     failure = _policy.lost(lost)
     assert failure.dead
-    assert await b.fail(owner, lost, failure, lost=True)
+    assert await b.take_over(B, owner, lost, failure)
+    assert await b.lost(NAMES, LIMIT) == []
     assert await b.claim(B, NAMES, LIMIT) == []
     [dead] = await b.dead_jobs()
     assert (dead.id, dead.failures) == (record.id, 1)
@@ -204,9 +209,10 @@ async def test_a_lease_renewed_in_time_keeps_a_job_its_owners(
     await a.insert(A, [record])
     await asyncio.sleep(0.2)
     [(owner, lost)] = await b.lost(NAMES, LIMIT)
-    await a.heartbeat(A, 30)  # back before b settled it
-    assert not await b.fail(owner, lost, _policy.lost(lost), lost=True)
-    assert await b.claim(B, NAMES, LIMIT) == []
+    await a.heartbeat(A, 30)  # back before b took it over
+    assert not await b.take_over(B, owner, lost, _policy.lost(lost))
+    await a.hand_over(A, [record.id])  # still a's to hand over, unchanged
+    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(record)]
 
 
 async def test_what_a_stopped_owner_still_held_is_lost_at_once(a: Store, b: Store) -> None:
