@@ -159,16 +159,24 @@ async def test_a_failure_is_written_only_by_the_owner_it_was_decided_for(
     assert not await a.fail(A, record, failure)  # written once: it is no longer a's
 
 
-async def test_a_job_whose_owners_lease_ran_out_is_lost_and_taken_over_counting_a_failure(
-    opened: Callable[[], Awaitable[Store]], b: Store
-) -> None:
+async def lease_runs_out(
+    opened: Callable[[], Awaitable[Store]], b: Store, record: Record
+) -> Store:
+    """``record`` is recorded by a process whose lease then runs out; that process's store."""
     a = await opened()
     await a.heartbeat(A, 0.2)
-    record = new()
     await a.insert(A, [record])
     assert await b.lost(NAMES, LIMIT) == []
     await asyncio.sleep(0.3)
     assert await b.lost(NAMES, LIMIT) == [(A, record)]
+    return a
+
+
+async def test_a_job_whose_owners_lease_ran_out_is_lost_and_taken_over_counting_a_failure(
+    opened: Callable[[], Awaitable[Store]], b: Store
+) -> None:
+    record = new()
+    await lease_runs_out(opened, b, record)
     failure = _policy.lost(record)
     assert failure.delay == 0 and not failure.dead
     assert await b.take_over(B, A, record, failure)
@@ -184,15 +192,11 @@ async def test_a_job_whose_owners_lease_ran_out_is_lost_and_taken_over_counting_
 async def test_a_lost_job_on_its_last_attempt_is_dead_saying_its_process_ended(
     opened: Callable[[], Awaitable[Store]], b: Store
 ) -> None:
-    a = await opened()
-    await a.heartbeat(A, 0.1)
     record = new(max_attempts=1)
-    await a.insert(A, [record])
-    await asyncio.sleep(0.2)
-    [(owner, lost)] = await b.lost(NAMES, LIMIT)
-    failure = _policy.lost(lost)
+    await lease_runs_out(opened, b, record)
+    failure = _policy.lost(record)
     assert failure.dead
-    assert await b.take_over(B, owner, lost, failure)
+    assert await b.take_over(B, A, record, failure)
     assert await b.lost(NAMES, LIMIT) == []
     assert await b.claim(B, NAMES, LIMIT) == []
     [dead] = await b.dead_jobs()
@@ -203,14 +207,10 @@ async def test_a_lost_job_on_its_last_attempt_is_dead_saying_its_process_ended(
 async def test_a_lease_renewed_in_time_keeps_a_job_its_owners(
     opened: Callable[[], Awaitable[Store]], b: Store
 ) -> None:
-    a = await opened()
-    await a.heartbeat(A, 0.1)
     record = new()
-    await a.insert(A, [record])
-    await asyncio.sleep(0.2)
-    [(owner, lost)] = await b.lost(NAMES, LIMIT)
+    a = await lease_runs_out(opened, b, record)
     await a.heartbeat(A, 30)  # back before b took it over
-    assert not await b.take_over(B, owner, lost, _policy.lost(lost))
+    assert not await b.take_over(B, A, record, _policy.lost(record))
     await a.hand_over(A, [record.id])  # still a's to hand over, unchanged
     assert await b.claim(B, NAMES, LIMIT) == [next_attempt(record)]
 
