@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from . import _hypercorn, _listeners
+from . import durable as _durable
 from ._asgi_stop import end_clean_drain, stop_sequence
 from ._config import APP_SHUTDOWN_BOUND, SERVER_SHUTDOWN_WAIT, Config
 from ._current import current_drain
@@ -24,7 +25,6 @@ from ._drain import Drain
 from ._report import DrainReport
 from ._stop import StopSequence
 from ._watchdog import exit_now
-from .durable import _recovery
 
 logger = logging.getLogger("graceful_web")
 
@@ -80,7 +80,7 @@ class Lifespan:
         drain.configure(self.config)
         # Before the app serves: the store opens, and what others left behind starts running.
         try:
-            await _recovery.start()
+            await _durable.startup()
         except Exception as exc:
             # A store that can never work (a damaged file): the server must not start.
             logger.error("%s", exc)
@@ -131,7 +131,7 @@ class Lifespan:
         self.shutdown_requested.set()
         drain.begin("shutdown")
         await self.drained.wait()
-        await _recovery.stop()
+        await _durable.shutdown()
         shutdown_reply = await self._shut_inner_down()
         sequence.uninstall()
         self._exit_if_work_was_lost()

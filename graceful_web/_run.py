@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, Unpack, cast
 
 from . import _quirks, _signals
+from . import durable as _durable
 from ._config import CANCEL_GRACE, Config, DrainSettings, config_of
 from ._current import current_drain
 from ._drain import Drain
@@ -26,7 +27,6 @@ from ._report import (
 )
 from ._stop import start_drain
 from ._work import inside_protected
-from .durable import _recovery
 
 __all__ = ["run"]
 
@@ -135,7 +135,7 @@ class _Supervisor(Generic[T]):
         self._supervisor = asyncio.current_task()
         self._stopped = loop.create_future()
         self._note_follow_ups(loop, drain)
-        await _recovery.start()
+        await _durable.startup()
         self._main = loop.create_task(self._call_main(main), name="main")
         installed = _signals.install(loop, self.config.signals, self._on_signal)
         try:
@@ -148,7 +148,7 @@ class _Supervisor(Generic[T]):
                 )
             report = await drain.wait("shutdown")
             await self._wait_for_main(drain)
-            await _recovery.stop()
+            await _durable.shutdown()
         finally:
             if installed is not None:
                 installed.uninstall()

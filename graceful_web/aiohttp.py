@@ -20,6 +20,7 @@ from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
 from . import _census, _listeners
+from . import durable as _durable
 from ._aiohttp_stop import AiohttpServer, close_idle_connections
 from ._config import Config, ServerSettings, config_of
 from ._current import current_drain, request_done
@@ -29,9 +30,6 @@ from ._report import (
 )
 from ._stop import StopSequence
 from ._work import inside_protected
-from .durable import _functions as _durable_functions
-from .durable import _journal as _durable
-from .durable import _recovery
 
 __all__ = ["graceful_middleware", "setup"]
 
@@ -132,7 +130,7 @@ async def _on_startup(app: web.Application) -> None:
     state.drain = drain
     state.server = AiohttpServer(app, asyncio.current_task())
     loop = asyncio.get_running_loop()
-    await _recovery.start()
+    await _durable.startup()
     if _durable.active():
         # A response the handler prepares itself (streamed) leaves before the middleware
         # sees it: its jobs are recorded here, as its headers are about to go.
@@ -158,7 +156,7 @@ async def _on_shutdown(app: web.Application) -> None:
     drain = state.drain
     if drain is not None:
         await drain.wait("shutdown")
-    await _recovery.stop()
+    await _durable.shutdown()
     await close_idle_connections()
 
 
@@ -249,7 +247,7 @@ async def _served_during_the_drain(
 
 
 _records_of_request = _durable.records_of_request
-_durable_jobs = _durable_functions.functions  # empty unless this process has durable jobs
+_durable_jobs = _durable.functions  # empty unless this process has durable jobs
 
 
 async def _once_recorded(
@@ -260,7 +258,8 @@ async def _once_recorded(
     if response.prepared:
         return response  # already gone (checked as it went, by _records_before_headers)
     if not await _durable.written(records):
-        return web.Response(status=503, text=_UNRECORDED, headers={"Retry-After": "1"})
+        status, headers = _durable.UNRECORDED_STATUS, _durable.UNRECORDED_HEADERS
+        return web.Response(status=status, text=_UNRECORDED, headers=headers)
     return response
 
 
@@ -271,11 +270,11 @@ async def _records_before_headers(request: web.Request, response: web.StreamResp
         raise _unrecorded()
 
 
-_UNRECORDED = "the work this request started could not be recorded; try again\n"
+_UNRECORDED = _durable.UNRECORDED_TEXT
 
 
 def _unrecorded() -> web.HTTPServiceUnavailable:
-    return web.HTTPServiceUnavailable(text=_UNRECORDED, headers={"Retry-After": "1"})
+    return web.HTTPServiceUnavailable(text=_UNRECORDED, headers=_durable.UNRECORDED_HEADERS)
 
 
 def _request_name(request: web.Request) -> str:

@@ -22,14 +22,13 @@ import anyio
 import anyio.abc
 
 from . import _census
+from . import durable as _durable
 from ._asgi_lifespan import ASGIApp, Lifespan, Message, Receive, Scope, Send
 from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
 from ._work import inside_protected
-from .durable import _functions as _durable_functions
-from .durable import _journal as _durable
 
 __all__ = ["GracefulLifespan"]
 
@@ -227,9 +226,12 @@ _census.watch(GracefulLifespan._served, "scope", _request_name)
 
 
 _records_of_request = _durable.records_of_request
-_durable_jobs = _durable_functions.functions  # empty unless this process has durable jobs
+_durable_jobs = _durable.functions  # empty unless this process has durable jobs
 
-_UNRECORDED = b"the work this request started could not be recorded; try again\n"
+_UNRECORDED = _durable.UNRECORDED_TEXT.encode()
+_UNRECORDED_HEADERS = [
+    (name.lower().encode(), value.encode()) for name, value in _durable.UNRECORDED_HEADERS.items()
+]
 
 
 async def _records_written(send: Send, records: list[asyncio.Future[None]]) -> bool:
@@ -239,11 +241,11 @@ async def _records_written(send: Send, records: list[asyncio.Future[None]]) -> b
         await send(
             {
                 "type": "http.response.start",
-                "status": 503,
+                "status": _durable.UNRECORDED_STATUS,
                 "headers": [
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(_UNRECORDED)).encode()),
-                    (b"retry-after", b"1"),
+                    *_UNRECORDED_HEADERS,
                 ],
             }
         )

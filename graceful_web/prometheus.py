@@ -13,9 +13,9 @@ import weakref
 from collections.abc import Iterator
 
 from . import _current, _drain
+from . import durable as _durable
 from ._drain import Drain, Phase
 from ._report import DrainReport
-from .durable import _journal as _durable
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry

@@ -14,7 +14,7 @@ import pytest
 import graceful_web
 from graceful_web import ShutdownInProgress, durable
 from graceful_web._current import current_drain
-from graceful_web.durable import _functions, _recovery, _settings
+from graceful_web.durable import _functions, _settings
 
 ran: list[tuple[str, int]] = []
 
@@ -67,7 +67,7 @@ async def test_a_spawned_job_is_recorded_then_forgotten_once_done(store: Path) -
         await asyncio.sleep(0.02)
     assert rows(store) == []
     assert ran == [("a", 1)]
-    await _recovery.stop()
+    await durable.shutdown()
 
 
 async def test_awaiting_a_durable_call_runs_it_inline_unrecorded(store: Path) -> None:
@@ -152,7 +152,7 @@ async def test_a_store_in_a_missing_folder_refuses_the_job_when_recorded(
         await durable.recorded()
     await task
     assert ran == []  # not recorded, so not accepted: never run
-    await _recovery.stop()
+    await durable.shutdown()
 
 
 @durable.job(name="unit.fails", max_attempts=1)
@@ -190,7 +190,7 @@ async def test_prometheus_counts_durable_jobs_by_outcome(store: Path) -> None:
     assert count("completed") == before["completed"] + 1
     assert count("dead") == before["dead"] + 1
     assert [job.name for job in await durable.dead_jobs()] == ["unit.fails"]
-    await _recovery.stop()
+    await durable.shutdown()
 
 
 def test_importing_the_adapters_imports_no_store_driver() -> None:

@@ -17,12 +17,29 @@ The store is one URL (``GRACEFUL_DURABLE_URL`` or ``configure(url=...)``): an SQ
 default, PostgreSQL (``pip install 'graceful-web[postgres]'``) for fleets.
 """
 
+from ._accept import UNRECORDED_HEADERS as UNRECORDED_HEADERS
+from ._accept import UNRECORDED_STATUS as UNRECORDED_STATUS
+from ._accept import UNRECORDED_TEXT as UNRECORDED_TEXT
+from ._accept import recorded
+from ._accept import records_of_request as records_of_request
+from ._accept import request_records as request_records
+from ._accept import written as written
 from ._functions import JobInfo, current
+from ._functions import functions as functions
 from ._job import DurableCall, DurableFunction, job
-from ._journal import recorded
+from ._journal import active as active
+from ._journal import counts as counts
+from ._records import DeadJob, StoreCorrupt, StoreUnavailable
 from ._recovery import dead_jobs, retry_dead
+from ._recovery import shutdown as shutdown
+from ._recovery import startup as startup
 from ._settings import configure
-from ._store import DeadJob, StoreCorrupt, StoreUnavailable
+
+# Also here for the adapters, the lifespans and the Prometheus collector, and kept out of
+# __all__: ``functions`` (the durable functions of this process, empty without any),
+# ``active``, ``startup`` (at the server's startup) and ``shutdown`` (after the drain), what a
+# request's records are (``records_of_request``, ``request_records``, ``written``) and the
+# answer when they cannot be written (``UNRECORDED_*``), and ``counts`` (by outcome).
 
 __all__ = [
     "DeadJob",

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _journal
+from . import _runner
 from ._functions import Registered, register
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class DurableCall(Generic[T]):
     def __graceful_spawn__(self, registry: Registry, name: str | None) -> asyncio.Task[None]:
         """How ``graceful_web.spawn`` starts a durable call (the core knows no more of it)."""
         encoded = self.encode()
-        return _journal.spawn(registry, self.registered, self.args, self.kwargs, encoded, name)
+        return _runner.spawn(registry, self.registered, self.args, self.kwargs, encoded, name)
 
     def __repr__(self) -> str:
         return f"<durable call {self.registered.name!r}>"

@@ -1,5 +1,6 @@
 """The store for fleets: PostgreSQL through asyncpg. Replicas claim with ``FOR UPDATE SKIP
-LOCKED``, so two of them never take the same record; time is the server's own clock.
+LOCKED``, so two of them never take the same record; time is the server's own clock. Queries
+only: what a failure makes of a job comes decided (``_policy``).
 
 ``pip install 'graceful-web[postgres]'``.
 """
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._store import MAX_RETRY_DELAY, Claimed, DeadJob, NewRecord, StoreUnavailable
-from ._store import dead_job as _dead_job
+from ._records import DeadJob, Failure, Record, StoreUnavailable
+from ._records import dead_job as _dead_job
 
 try:
     import asyncpg  # type: ignore[import-untyped]
@@ -44,30 +45,36 @@ CREATE TABLE IF NOT EXISTS graceful_owners (
 """
 
 CLAIM = """
-WITH picked AS (
-    SELECT j.id, j.owner IS NOT NULL AS ran FROM graceful_jobs j
-    WHERE j.state = 'ready' AND j.run_after <= now() AND j.name = ANY($2::text[])
-      AND (j.owner IS NULL OR NOT EXISTS (
-          SELECT 1 FROM graceful_owners o WHERE o.owner = j.owner AND o.expires > now()))
-    ORDER BY j.created LIMIT $3
-    FOR UPDATE OF j SKIP LOCKED
-), counted AS (
-    SELECT j.id, j.failures + picked.ran::int AS failures,
-           CASE WHEN picked.ran
-                THEN 'its process ended while running attempt ' || j.attempt
-                ELSE j.error END AS error,
-           j.failures + picked.ran::int >= j.max_attempts AS dead
-    FROM graceful_jobs j JOIN picked ON picked.id = j.id
-)
-UPDATE graceful_jobs j SET
-    failures = counted.failures,
-    error = counted.error,
-    state = CASE WHEN counted.dead THEN 'dead' ELSE 'ready' END,
-    owner = CASE WHEN counted.dead THEN NULL ELSE $1 END,
-    attempt = CASE WHEN counted.dead THEN j.attempt ELSE j.attempt + 1 END
-FROM counted WHERE j.id = counted.id
-RETURNING j.id, j.name, j.args, j.attempt, j.failures, j.error, counted.dead
+UPDATE graceful_jobs j SET owner = $1, attempt = j.attempt + 1
+FROM (
+    SELECT id FROM graceful_jobs
+    WHERE state = 'ready' AND owner IS NULL AND run_after <= now() AND name = ANY($2::text[])
+    ORDER BY created LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) picked
+WHERE j.id = picked.id
+RETURNING j.id, j.name, j.args, j.max_attempts, j.attempt, j.failures
 """
+
+#: The record's owner holds no live lease: it ended, or stopped renewing.
+LEASE_OUT = (
+    " AND NOT EXISTS (SELECT 1 FROM graceful_owners o "
+    "WHERE o.owner = graceful_jobs.owner AND o.expires > now())"
+)
+
+LOST = f"""
+SELECT owner, id, name, args, max_attempts, attempt, failures FROM graceful_jobs
+WHERE state = 'ready' AND run_after <= now() AND name = ANY($1::text[])
+  AND owner IS NOT NULL{LEASE_OUT}
+ORDER BY created LIMIT $2
+"""
+
+SETTLE = "UPDATE graceful_jobs SET failures = $4, error = $5, state = $6, "
+HELD = " WHERE id = $1 AND owner = $2 AND failures = $3"
+
+FAIL = SETTLE + "run_after = now() + make_interval(secs => $7), owner = NULL" + HELD
+
+TAKE_OVER = SETTLE + "owner = $7, attempt = attempt + $8" + HELD + LEASE_OUT
 
 
 class PostgresStore:
@@ -102,7 +109,7 @@ class PostgresStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise StoreUnavailable(f"the PostgreSQL job store could not be written: {exc}") from exc
 
-    async def insert(self, owner: str, records: Sequence[NewRecord]) -> None:
+    async def insert(self, owner: str, records: Sequence[Record]) -> None:
         await self._execute(
             "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner) "
             "SELECT id, name, args, 1, max_attempts, $5 FROM "
@@ -126,19 +133,22 @@ class PostgresStore:
             owner,
         )
 
-    async def fail(self, owner: str, job_id: str, error: str, retry_delay: float) -> bool:
-        rows = await self._execute(
-            "UPDATE graceful_jobs SET failures = failures + 1, owner = NULL, error = $3, "
-            "run_after = now() + make_interval(secs => least($4, $5 * power(2, failures))), "
-            "state = CASE WHEN failures + 1 >= max_attempts THEN 'dead' ELSE 'ready' END "
-            "WHERE id = $1 AND owner = $2 RETURNING state",
-            job_id,
-            owner,
-            error,
-            MAX_RETRY_DELAY,
-            retry_delay,
-        )
-        return bool(rows) and rows[0]["state"] == "dead"
+    async def fail(self, owner: str, record: Record, failure: Failure) -> bool:
+        return await self._settle(FAIL, owner, record, failure, failure.delay)
+
+    async def take_over(
+        self, owner: str, lost_owner: str, record: Record, failure: Failure
+    ) -> bool:
+        taker, next_attempt = (None, 0) if failure.dead else (owner, 1)
+        return await self._settle(TAKE_OVER, lost_owner, record, failure, taker, next_attempt)
+
+    async def _settle(
+        self, query: str, holder: str, record: Record, failure: Failure, *then: Any
+    ) -> bool:
+        """Write ``failure`` (and ``then``) while ``holder`` holds ``record`` as it was read."""
+        held = (record.id, holder, record.failures)
+        decided = (failure.failures, failure.error, "dead" if failure.dead else "ready")
+        return bool(await self._execute(query + " RETURNING id", *held, *decided, *then))
 
     async def heartbeat(self, owner: str, lease: float) -> None:
         await self._execute(
@@ -157,22 +167,14 @@ class PostgresStore:
     async def forget_owner(self, owner: str) -> None:
         await self._execute("DELETE FROM graceful_owners WHERE owner = $1", owner)
 
-    async def claim(
-        self, owner: str, names: Sequence[str], limit: int
-    ) -> tuple[list[Claimed], list[DeadJob]]:
+    async def lost(self, names: Sequence[str], limit: int) -> list[tuple[str, Record]]:
+        rows = await self._execute(LOST, list(names), limit)
+        return [(row["owner"], _record(row)) for row in rows]
+
+    async def claim(self, owner: str, names: Sequence[str], limit: int) -> list[Record]:
         if not names:
-            return [], []
-        rows = await self._execute(CLAIM, owner, list(names), limit)
-        claimed: list[Claimed] = []
-        dead: list[DeadJob] = []
-        for row in rows:
-            if row["dead"]:
-                dead.append(
-                    _dead_job(row["id"], row["name"], row["args"], row["failures"], row["error"])
-                )
-            else:
-                claimed.append(Claimed(row["id"], row["name"], row["args"], row["attempt"]))
-        return claimed, dead
+            return []
+        return [_record(row) for row in await self._execute(CLAIM, owner, list(names), limit)]
 
     async def dead_jobs(self) -> list[DeadJob]:
         rows = await self._execute(
@@ -199,3 +201,9 @@ class PostgresStore:
             list(names),
         )
         return {row["name"]: row["waiting"] for row in rows}
+
+
+def _record(row: Any) -> Record:
+    return Record(
+        row["id"], row["name"], row["args"], row["max_attempts"], row["attempt"], row["failures"]
+    )

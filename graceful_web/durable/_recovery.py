@@ -1,20 +1,21 @@
 """Recovery: from startup on, and every ``poll_interval`` while serving, a process claims and
 runs the records no live process owns: handed over at a deadline, left by a process whose lease
-ran out, or failed and due for a retry. A job out of attempts is kept as dead instead."""
+ran out (a failure, the policy says), or failed and due for a retry. A job out of attempts is
+kept as dead instead."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import json
 import logging
 import weakref
+from dataclasses import replace
 
 from .._current import current_drain
-from .._registry import Registry
+from . import _policy
 from ._functions import functions
 from ._journal import Journal, active, counts, journal_for, journals
-from ._store import Claimed, DeadJob, StoreCorrupt, StoreUnavailable
+from ._records import DeadJob, Record, StoreCorrupt, StoreUnavailable
+from ._runner import start_claimed
 
 logger = logging.getLogger("graceful_web")
 
@@ -26,7 +27,7 @@ CLAIM_LIMIT = 100
 _claiming: weakref.WeakKeyDictionary[Journal, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 
 
-async def start() -> None:
+async def startup() -> None:
     """At the server's startup: open the store, take this process's lease, and from now on
     run what others handed over or left behind. Nothing at all without durable jobs."""
     if not active():
@@ -70,7 +71,7 @@ async def start() -> None:
         )
 
 
-async def stop() -> None:
+async def shutdown() -> None:
     """After the drain: stop claiming, give up the lease and close the store."""
     loop = _running_loop()
     journal = None if loop is None else journals.get(loop)
@@ -95,50 +96,52 @@ async def _claim_while_serving(journal: Journal) -> None:
 
 async def _claim(journal: Journal) -> None:
     await journal.open()
-    claimed, dead = await journal.store.claim(journal.owner, list(functions), CLAIM_LIMIT)
-    for gone in dead:
-        counts["dead"] += 1
-        _log_dead(gone)
+    names = list(functions)
+    claimed = await journal.store.claim(journal.owner, names, CLAIM_LIMIT)
+    try:
+        await _take_over_lost(journal, names, claimed)
+    except StoreUnavailable as exc:
+        # What was taken over before runs all the same: it is this process's now.
+        logger.debug("could not take over durable jobs whose process ended: %s", exc)
     if not claimed:
         return
     drain = current_drain()
     if drain.draining:
         # The drain began while the claim was on its way: these are for another process.
-        await journal.store.hand_over(journal.owner, [job.id for job in claimed])
+        await journal.store.hand_over(journal.owner, [record.id for record in claimed])
         return
     counts["recovered"] += len(claimed)
     logger.info(
         "running %d durable jobs from the store (retries, or handed over or left behind by "
         "other processes): %s",
         len(claimed),
-        ", ".join(sorted({job.name for job in claimed})),
+        ", ".join(sorted({record.name for record in claimed})),
         extra={"graceful_recovered": len(claimed)},
     )
-    for job in claimed:
-        _start_claimed(journal, job, drain.work)
+    for record in claimed:
+        start_claimed(journal, drain.work, record)
 
 
-def _start_claimed(journal: Journal, job: Claimed, registry: Registry) -> None:
-    decoded = json.loads(job.args)
-    coro = journal.run(
-        job.id, job.name, job.attempt, functions[job.name].function, decoded["args"],
-        decoded["kwargs"],
-    )
-    # Started in a plain context: not a follow-up of the recovery's own task.
-    task = contextvars.Context().run(registry.spawn, coro, name=job.name, loop=journal.loop)
-    registry.hands_over_when_cut(task)
-
-
-def _log_dead(job: DeadJob) -> None:
-    logger.error(
-        "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run again "
-        "(graceful_web.durable.dead_jobs() lists it)",
-        job.name,
-        job.id,
-        job.failures,
-        job.error,
-        extra={"graceful_job_id": job.id},
-    )
+async def _take_over_lost(journal: Journal, names: list[str], claimed: list[Record]) -> None:
+    """Take over, into ``claimed``, the records of processes whose lease ran out: a failure
+    each, after which a job out of attempts is kept as dead instead."""
+    for lost_owner, record in await journal.store.lost(names, CLAIM_LIMIT - len(claimed)):
+        failure = _policy.lost(record)
+        if not await journal.store.take_over(journal.owner, lost_owner, record, failure):
+            continue  # renewed, or taken over by another process meanwhile
+        if not failure.dead:
+            claimed.append(replace(record, attempt=record.attempt + 1, failures=failure.failures))
+            continue
+        counts["dead"] += 1
+        logger.error(
+            "durable job %r (%s) failed %d times and is kept as dead (%s): it will not run "
+            "again (graceful_web.durable.dead_jobs() lists it)",
+            record.name,
+            record.id,
+            failure.failures,
+            failure.error,
+            extra={"graceful_job_id": record.id},
+        )
 
 
 async def dead_jobs() -> list[DeadJob]:

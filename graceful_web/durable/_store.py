@@ -1,59 +1,19 @@
-"""What a durable store does, whatever it is: the records it keeps, the one protocol every
-store follows, and the store chosen by a URL.
+"""What a durable store does, whatever it is: the one protocol every store follows, and the
+store a URL names.
 
 A record is a job's function name and JSON arguments. Its ``owner`` is the process running
-it, which keeps its lease alive in the store; a record with no owner, or whose owner's lease
-ran out, is free for any process to claim.
+it, which keeps its lease alive in the store; a record with no owner is free for any process
+to claim, and one whose owner's lease ran out is lost: another process counts its failure and
+takes it over.
+A store only runs queries: what a failure makes of a record is decided by ``_policy``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-#: The longest wait before a failed job is retried, however often it failed.
-MAX_RETRY_DELAY = 60.0
-
-
-class StoreUnavailable(RuntimeError):
-    """The durable store could not be reached or written: the jobs at stake were not
-    recorded, so they were not accepted (answer 503 and let the client retry)."""
-
-
-class StoreCorrupt(RuntimeError):
-    """The durable store is not a store graceful_web can use (a damaged or foreign file)."""
-
-
-@dataclass(frozen=True)
-class NewRecord:
-    id: str
-    name: str
-    args: str  # JSON: {"args": [...], "kwargs": {...}}
-    max_attempts: int
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A record this process now owns and runs."""
-
-    id: str
-    name: str
-    args: str
-    attempt: int
-
-
-@dataclass(frozen=True)
-class DeadJob:
-    """A job that failed ``max_attempts`` times (it raised, or its process ended while
-    running it): kept in the store, never run again unless retried by hand."""
-
-    id: str
-    name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    failures: int
-    error: str
+from ._records import DeadJob, Failure, Record
 
 
 class Store(Protocol):
@@ -62,7 +22,7 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def insert(self, owner: str, records: Sequence[NewRecord]) -> None:
+    async def insert(self, owner: str, records: Sequence[Record]) -> None:
         """Record new jobs, owned by ``owner`` and on their first attempt, in one write."""
 
     async def complete(self, ids: Sequence[str]) -> None:
@@ -71,22 +31,31 @@ class Store(Protocol):
     async def hand_over(self, owner: str, ids: Sequence[str]) -> None:
         """Release ``owner``'s records for any process to claim at once."""
 
-    async def fail(self, owner: str, job_id: str, error: str, retry_delay: float) -> bool:
-        """Count a failure; the job is retried after a growing delay, or is dead once it
-        failed ``max_attempts`` times: then True."""
+    async def fail(self, owner: str, record: Record, failure: Failure) -> bool:
+        """Write ``failure`` of a run of ``owner``'s: the record, released, counts it, keeps its
+        error and waits ``failure.delay``, or is dead. Only while ``owner`` holds it with
+        ``record.failures`` counted: else False, and nothing was written."""
+
+    async def take_over(
+        self, owner: str, lost_owner: str, record: Record, failure: Failure
+    ) -> bool:
+        """Write ``failure`` of a lost record and take it for ``owner`` on its next attempt
+        (or, dead, leave it to no one). Only while ``lost_owner``'s lease is still out and it
+        holds the record with ``record.failures`` counted: else False, and nothing was written."""
 
     async def heartbeat(self, owner: str, lease: float) -> None:
         """``owner`` is alive: its records stay its own for ``lease`` seconds more."""
 
     async def forget_owner(self, owner: str) -> None:
-        """``owner`` stopped: what it still holds is free at once."""
+        """``owner`` stopped: what it still holds is lost at once."""
 
-    async def claim(
-        self, owner: str, names: Sequence[str], limit: int
-    ) -> tuple[list[Claimed], list[DeadJob]]:
-        """Take up to ``limit`` free records of the functions ``names`` for ``owner``. A record
-        whose owner's lease ran out counts a failure; one that reaches its attempts is marked
-        dead instead, and returned apart."""
+    async def lost(self, names: Sequence[str], limit: int) -> list[tuple[str, Record]]:
+        """Up to ``limit`` records of the functions ``names`` whose owner's lease ran out,
+        oldest first, each with its owner."""
+
+    async def claim(self, owner: str, names: Sequence[str], limit: int) -> list[Record]:
+        """Take up to ``limit`` free records of the functions ``names`` that are due, oldest
+        first, for ``owner``: each on its next attempt. Two owners never take the same."""
 
     async def dead_jobs(self) -> list[DeadJob]: ...
 
@@ -97,10 +66,12 @@ class Store(Protocol):
         """Ready records of functions not among ``names``, by name: jobs no one here can run."""
 
 
-def dead_job(
-    job_id: str, name: str, args: str, failures: int, error: str | None
-) -> DeadJob:
-    import json
+def open_store(url: str) -> Store:
+    """The store a URL names (checked by the settings); its driver is imported only now."""
+    if url.startswith("sqlite:///"):
+        from ._sqlite import SQLiteStore
 
-    decoded = json.loads(args)
-    return DeadJob(job_id, name, decoded["args"], decoded["kwargs"], failures, error or "")
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    from ._postgres import PostgresStore
+
+    return PostgresStore(url)
