@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypedDict, get_type_hints
+from typing import Any, TypedDict, Unpack, get_type_hints
 
 from ._report import AbandonedCallback, DrainFinishedCallback, DrainStartedCallback
 
@@ -109,20 +109,14 @@ class Config:
     websocket_close_grace: float = DEFAULT_WEBSOCKET_CLOSE_GRACE
 
     @classmethod
-    def build(
-        cls,
-        *,
-        drain_timeout: float | None = None,
-        pre_stop_delay: float | None = None,
-        on_abandoned: Hook | None = None,
-        signals: Iterable[signal.Signals | int | str] | None = None,
-        readiness_path: str | None = "/readyz",
-        progress_interval: float | None = None,
-        on_drain_started: Hook | None = None,
-        on_drain_finished: Hook | None = None,
-        idle_connection_grace: float | None = None,
-        websocket_close_grace: float | None = None,
-    ) -> Config:
+    def build(cls, **settings: Unpack[AsgiSettings]) -> Config:
+        drain_timeout = settings.get("drain_timeout")
+        pre_stop_delay = settings.get("pre_stop_delay")
+        on_abandoned = settings.get("on_abandoned")
+        on_drain_started = settings.get("on_drain_started")
+        on_drain_finished = settings.get("on_drain_finished")
+        readiness_path = settings.get("readiness_path", "/readyz")
+        websocket_close_grace = settings.get("websocket_close_grace")
         timeout = _seconds(
             "drain_timeout", drain_timeout, DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT, False
         )
@@ -138,14 +132,14 @@ class Config:
         _check_callback("on_drain_finished", on_drain_finished)
         interval = _seconds(
             "progress_interval",
-            progress_interval,
+            settings.get("progress_interval"),
             PROGRESS_INTERVAL_ENV,
             DEFAULT_PROGRESS_INTERVAL,
             True,
         )
         idle_grace = _seconds(
             "idle_connection_grace",
-            idle_connection_grace,
+            settings.get("idle_connection_grace"),
             IDLE_CONNECTION_GRACE_ENV,
             min(DEFAULT_IDLE_CONNECTION_GRACE, (timeout - delay) / 4),
             True,
@@ -180,7 +174,7 @@ class Config:
             drain_timeout=timeout,
             pre_stop_delay=delay,
             on_abandoned=on_abandoned,
-            signals=parse_signals(signals),
+            signals=parse_signals(settings.get("signals")),
             progress_interval=interval,
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
