@@ -20,8 +20,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
 from graceful_web import EXIT_ABANDONED
-
-from .conftest import Server, StartServer, connect_refused, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
 
 PY = sys.executable
 APP = "tests.apps.asgi_app:app"

@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 
 import graceful_web
 from graceful_web import _drain, _jobs, _registry, _report, _requests, _work
-from graceful_web._config import Config
+from graceful_web._config import CANCEL_GRACE, Config
 from graceful_web._current import current_drain
-from graceful_web._config import CANCEL_GRACE
 from graceful_web._drain import Drain
 from graceful_web._work import ShutdownInProgress
 

@@ -43,7 +43,10 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import ROOT, free_port, stop, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import stop
+from tests.support.servers import ROOT
 
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]

@@ -31,8 +31,9 @@ import httpx
 import pytest
 
 from graceful_web.durable._sqlite import SCHEMA
+from tests.support.polling import wait_until
+from tests.support.servers import StartServer
 
-from .conftest import StartServer, wait_until
 from .reload._workers import Workers
 
 PY = sys.executable

@@ -26,9 +26,9 @@ from starlette.applications import Starlette
 import graceful_web
 import graceful_web.aiohttp
 from graceful_web.asgi import GracefulLifespan
-
-from .conftest import Server, StartServer, connect_refused
-from .test_aiohttp_drain import post_job, slow_request
+from tests.support.clients import post_job, slow_request
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
 
 #: Whatever clients and jobs do, the process is gone by the deadline plus this (the hard exit
 #: comes 0.75 s after the deadline).

@@ -12,9 +12,8 @@ from graceful_web import DrainReport
 from graceful_web._config import Config
 from graceful_web._current import current_drain
 from graceful_web.aiohttp import setup
-
-from ._watch import post_job, slow_request
-from .conftest import StartServer
+from tests.support.clients import post_job, slow_request
+from tests.support.servers import StartServer
 
 APP = "tests.apps.watch_app"
 #: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.

@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from graceful_web import _log_output
-
-from .conftest import ROOT, StartServer
+from tests.support.servers import ROOT, StartServer
 
 PY = sys.executable
 

@@ -17,9 +17,10 @@ import graceful_web.prometheus
 from graceful_web import spawn
 from graceful_web._config import Config
 from graceful_web._current import current_drain
-
-from ._watch import post_job, slow_request
-from .conftest import ROOT, StartServer, free_port, wait_until
+from tests.support.clients import post_job, slow_request
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.servers import ROOT, StartServer
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

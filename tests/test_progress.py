@@ -16,9 +16,8 @@ import structlog
 
 from graceful_web._config import Config
 from graceful_web._current import current_drain
-
-from ._watch import json_records, post_job, progress_records, slow_request
-from .conftest import StartServer
+from tests.support.clients import json_records, post_job, progress_records, slow_request
+from tests.support.servers import StartServer
 
 APP = "tests.apps.watch_app"
 #: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import graceful_web
-
-from .conftest import ROOT, Server, StartServer, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import ROOT, Server, StartServer
 
 WORKER = "tests.apps.worker_app"
 READY = "worker ready"

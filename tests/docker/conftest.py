@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import free_port, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from ..conftest import wait_until
+from tests.support.polling import wait_until
+
 from .conftest import ROOT, Compose
 
 REPLICAS = ("web-a", "web-b")

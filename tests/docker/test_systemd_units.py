@@ -43,7 +43,9 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+
 from .conftest import require_docker_engine
 
 ROOT = Path(__file__).resolve().parents[2]

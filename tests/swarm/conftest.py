@@ -34,7 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from ..conftest import wait_until
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = ROOT / "docker-stack.yml"

@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from demo_services._contract import COMPLETED_TABLE
+from tests.support.polling import wait_until
 
-from ..conftest import wait_until
 from .conftest import (
     DEMO_IMAGE,
     PREFIX_VARIABLES,

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..conftest import wait_until
+from tests.support.polling import wait_until
+
 from .conftest import (
     CLIENTS,
     PAUSE,

@@ -1,4 +1,5 @@
-"""Clients and log readers shared by the tests of drain visibility (progress, hooks, metrics)."""
+"""Requests in flight from a thread while the test signals the server, jobs posted, and the
+server's JSON log lines read back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from .conftest import Server
+from .servers import Server
 
 
 class Background:
