@@ -36,9 +36,8 @@ release-check: $(DOCS_STAMP)
 # from LOOP again on uvloop (the server and loop matrix and the soak name their loops). The tests
 # of durable jobs start real PostgreSQL and Redis servers: .ci/ensure_stores.sh installs them (as
 # root on Debian) when they are missing.
-UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
-	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py \
-	tests/test_durable_jobs.py tests/test_connections_at_stop.py
+UVLOOP_AGAIN := $(addprefix tests/servers/test_,aiohttp_drain.py aiohttp_accept_race.py faults.py \
+	hooks.py metrics.py progress.py run.py durable_jobs.py connections_at_stop.py)
 
 test: $(STAMP)
 	bash .ci/ensure_stores.sh
@@ -50,7 +49,7 @@ test: $(STAMP)
 # 200 start/stop cycles of each demo service under load (make test runs 10); prints the figures.
 SOAK_CYCLES ?= 200
 soak: $(STAMP)
-	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
+	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/demo/test_soak.py
 
 # The demo services under a real Docker engine: docker compose stop drains, and a rolling restart
 # behind nginx under load. As root on Debian it installs and starts what it needs (docker/test-docker.sh).
@@ -92,7 +91,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 matrix: $(STAMP)
 	rm -f .matrix-figures.jsonl
 	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
-		tests/test_servers_and_loops.py -k "drains_on_its_loop"
+		tests/servers/test_servers_and_loops.py -k "drains_on_its_loop"
 	$(PY) -m tests._matrix_table .matrix-figures.jsonl
 
 # Reloads on one host (tests/reload): every multi-worker server reloaded twice by its own reload

@@ -48,8 +48,8 @@ unmount_all() {
     done
 }
 
-# postgresql and redis-server: the servers tests/_stores.py starts (.ci/ensure_stores.sh finds them
-# here and installs nothing). Their services never start in the chroot: nothing runs its init.
+# postgresql and redis-server: the servers tests/support/stores.py starts (.ci/ensure_stores.sh
+# finds them here and installs nothing). Their services never start in the chroot: nothing runs its init.
 packages() {
     local p packages=(ca-certificates make postgresql redis-server)
     for p in $PYTHONS; do packages+=("python$p" "python$p-venv"); done

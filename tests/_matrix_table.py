@@ -1,5 +1,5 @@
 """``python -m tests._matrix_table FIGURES``: the README's server and loop table from the figures
-``make matrix`` had tests/test_servers_and_loops.py record (one JSON line per row)."""
+``make matrix`` had tests/servers/test_servers_and_loops.py record (one JSON line per row)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Faults, bad input and signals at odd moments: real server processes, real signals, what the
 clients saw, what the jobs wrote, and how long the process took to exit.
 
-Cases already proven in tests/test_aiohttp_drain.py are not repeated here: a failing job
+Cases already proven in tests/servers/test_aiohttp_drain.py are not repeated here: a failing job
 (test_failing_job_is_logged_with_traceback_and_others_still_drain), a second SIGTERM
 (test_second_signal_cancels_everything_and_exits_now), a malformed deadline in the environment
 (test_invalid_deadline_in_environment_fails_at_startup) and readiness while serving
