@@ -12,6 +12,16 @@ import httpx
 
 from .servers import Server
 
+#: The fields of every progress line, beside its message.
+FIELDS = {
+    "graceful_requests",
+    "graceful_jobs",
+    "graceful_oldest_kind",
+    "graceful_oldest_name",
+    "graceful_oldest_age_s",
+    "graceful_remaining_s",
+}
+
 
 class Background:
     """A request sent from a thread, so the test can signal the server while it is in flight."""
