@@ -43,10 +43,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docker_engine import require_docker_engine
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
-
-from .conftest import require_docker_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "docs" / "systemd"

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
-from tests.support.clients import post_job, slow_request
+from tests.support.clients import ADAPTERS, WATCH_APP, post_job, slow_request
 from tests.support.servers import StartServer
-
-APP = "tests.apps.watch_app"
-#: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.
-ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
 
 
 @ADAPTERS
 def test_drain_started_hook_runs_at_the_signal_while_work_is_in_flight(
     start_server: StartServer, adapter: str
 ) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter})
     pending = slow_request(server, 1500)
     server.wait_in_flight(requests=1)
     post_job(server, "h1", 1500)
@@ -30,7 +24,7 @@ def test_drain_started_hook_runs_at_the_signal_while_work_is_in_flight(
 
 @ADAPTERS
 def test_drain_finished_hook_receives_the_report(start_server: StartServer, adapter: str) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter})
     pending = slow_request(server, 1000)
     server.wait_in_flight(requests=1)
     post_job(server, "h2", 500)
@@ -44,7 +38,7 @@ def test_drain_finished_hook_receives_the_report(start_server: StartServer, adap
 @ADAPTERS
 def test_drain_waits_for_an_async_started_hook(start_server: StartServer, adapter: str) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "STARTED_HOOK": "slow", "HOOK_MS": "800"}
+        WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "slow", "HOOK_MS": "800"}
     )
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -57,7 +51,7 @@ def test_a_hung_started_hook_is_cancelled_at_the_deadline(
     start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "STARTED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
+        WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
     )
     post_job(server, "h3", 100)
     server.send(signal.SIGTERM)
@@ -71,7 +65,7 @@ def test_a_hung_started_hook_is_cancelled_at_the_deadline(
 def test_a_failing_started_hook_is_logged_and_the_drain_goes_on(
     start_server: StartServer, adapter: str
 ) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter, "STARTED_HOOK": "raise"})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "raise"})
     post_job(server, "h4", 500)
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -85,7 +79,7 @@ def test_a_hung_finished_hook_is_cancelled_at_the_deadline_and_the_process_exits
     start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "FINISHED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
+        WATCH_APP, env={"ADAPTER": adapter, "FINISHED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
     )
     post_job(server, "h5", 100)
     server.send(signal.SIGTERM)

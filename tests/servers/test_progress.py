@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
-from tests.support.clients import FIELDS, json_records, post_job, progress_records, slow_request
+from tests.support.clients import (
+    ADAPTERS,
+    FIELDS,
+    WATCH_APP,
+    json_records,
+    post_job,
+    progress_records,
+    slow_request,
+)
 from tests.support.servers import StartServer
-
-APP = "tests.apps.watch_app"
-#: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.
-ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
 
 
 @ADAPTERS
@@ -19,7 +21,7 @@ def test_draining_logs_progress_with_counts_oldest_and_time_left_as_json_fields(
     start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP,
+        WATCH_APP,
         env={
             "ADAPTER": adapter,
             "GRACEFUL_PROGRESS_INTERVAL": "0.2",
@@ -53,7 +55,7 @@ def test_draining_logs_progress_with_counts_oldest_and_time_left_as_json_fields(
 def test_progress_is_silent_when_nothing_is_left(start_server: StartServer, adapter: str) -> None:
     # A slow drain-started hook keeps the drain open with no protected work in flight.
     server = start_server(
-        APP,
+        WATCH_APP,
         env={
             "ADAPTER": adapter,
             "GRACEFUL_PROGRESS_INTERVAL": "0.1",

@@ -9,8 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from .servers import Server
+
+#: tests/apps/watch_app.py, the same service behind either adapter: aiohttp's run_app, or
+#: GracefulLifespan under uvicorn (ADAPTER names which).
+WATCH_APP = "tests.apps.watch_app"
+ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
 
 #: The fields of every progress line, beside its message.
 FIELDS = {
