@@ -20,6 +20,51 @@ collect_ignore += [] if os.environ.get("GRACEFUL_SWARM_TESTS") == "1" else ["swa
 collect_ignore += [] if os.environ.get("GRACEFUL_RELOAD_TESTS") == "1" else ["reload"]
 
 
+# -- what runs under every Python and with the lowest versions -------------------------------
+# `make test` runs every test once, on the machine's Python. `make test-pythons` (each newer
+# Python) and `make test-lowest` (the lowest dependency versions) run `make test-portable`: only
+# the tests marked portable here, what a Python version or an older dependency can break on its
+# own. That is every in-process test, and as real processes: every server on each of its loops,
+# the connections graceful_web finds inside each server, each server's log format, the stores,
+# websockets and run(). The long scenarios (faults, the drain's cases, durable fleets, docs,
+# demo, soak) depend on neither and run once.
+PORTABLE = (
+    "tests/unit/",
+    "tests/servers/test_servers_and_loops.py",
+    "tests/servers/test_connections_at_stop.py::test_an_idle_keep_alive_connection_gets_its_next_request_answered",
+    "tests/servers/test_connections_at_stop.py::test_a_connection_still_idle_after_the_grace_is_closed_and_the_process_exits",
+    "tests/servers/test_log_output.py::test_lines_appear_once_in_the_servers_own_format",
+    "tests/servers/test_durable_jobs.py::test_a_job_that_keeps_failing_is_kept_as_dead_after_its_attempts",
+    "tests/servers/test_asgi_drain.py::test_websockets_are_closed_with_1001_after_the_grace",
+    "tests/servers/test_run.py::test_protected_jobs_finish_and_unprotected_tasks_are_cancelled",
+)  # fmt: skip
+
+
+def _portable(nodeid: str, entry: str) -> bool:
+    """A folder or a file covers what it holds; a test, each of its parameters."""
+    if entry.endswith(("/", ".py")):
+        return nodeid.startswith(entry if entry.endswith("/") else entry + "::")
+    return nodeid == entry or nodeid.startswith(entry + "[")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    used = set()
+    for item in items:
+        for entry in PORTABLE:
+            if _portable(item.nodeid, entry):
+                item.add_marker(pytest.mark.portable)
+                used.add(entry)
+    # A renamed file or test must not fall out of the portable runs unseen (an entry whose file
+    # this run did not collect, as in the uvloop run of a few files, is simply not here).
+    if config.getoption("markexpr") == "portable":
+        collected = {item.nodeid.split("::")[0] for item in items}
+        for entry in set(PORTABLE) - used:
+            path = entry.split("::")[0]
+            if not (config.rootpath / path).exists() or path in collected:
+                raise pytest.UsageError(f"PORTABLE in tests/conftest.py: nothing is {entry}")
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """``start(argv, env=None, ready_path="/healthz", port=None, name="server")`` (see
