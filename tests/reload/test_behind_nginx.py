@@ -35,7 +35,7 @@ import pytest
 
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
-from tests.support.processes import stop, wait_answering
+from tests.support.processes import spawn, stop, wait_answering
 from tests.support.servers import ROOT, Server, StartServer
 
 from ._figures import record_figures
@@ -180,10 +180,7 @@ def run_nginx(workdir: Path, upstream_port: int) -> Iterator[Nginx]:
     conf.write_text(MAIN_CONF.format(user=user, dir=workdir))
     command = [nginx_binary(), "-p", str(workdir), "-e", str(workdir / "error.log"),
                "-c", str(conf), "-g", "daemon off;"]  # fmt: skip
-    with (workdir / "stderr.log").open("wb") as stderr:
-        proc = subprocess.Popen(
-            command, stdout=stderr, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = spawn(command, workdir / "stderr.log")
     nginx = Nginx(proc, port, workdir)
     try:
         wait_answering(
