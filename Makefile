@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean docs release-check \
-	test-reload reload-table restart-table
+.PHONY: demo test test-portable lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean \
+	docs release-check test-reload reload-table restart-table
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,25 +32,34 @@ docs: $(DOCS_STAMP)
 release-check: $(DOCS_STAMP)
 	$(PY) .ci/release_check.py
 
-# The whole suite with the test apps on asyncio, then every test whose services take their loop
-# from LOOP again on uvloop (the server and loop matrix and the soak name their loops). The tests
-# of durable jobs start real PostgreSQL and Redis servers: .ci/ensure_stores.sh installs them (as
-# root on Debian) when they are missing.
-UVLOOP_AGAIN := tests/test_aiohttp_drain.py tests/test_aiohttp_accept_race.py tests/test_faults.py \
-	tests/test_hooks.py tests/test_metrics.py tests/test_progress.py tests/test_run.py \
-	tests/test_durable_jobs.py tests/test_connections_at_stop.py
+# The whole suite with the test apps on asyncio, then on uvloop every test whose services take
+# their loop from LOOP (the server and loop matrix and the soak name their loops; the tests in
+# process, and the watch app and demo services of the hooks, progress and metrics tests, take
+# none; the classic scenario of run() names its loops). The tests of durable jobs start real
+# PostgreSQL and Redis servers: .ci/ensure_stores.sh installs them (as root on Debian) when they
+# are missing.
+UVLOOP_AGAIN := $(addprefix tests/servers/test_,aiohttp_drain.py faults.py run.py durable_jobs.py \
+	connections_at_stop.py)
+UVLOOP_SAME := tests/servers/test_run.py::test_protected_jobs_finish_and_unprotected_tasks_are_cancelled
 
-test: $(STAMP)
+test: lint
 	bash .ci/ensure_stores.sh
-	$(PY) -m ruff check graceful_web
-	$(PY) -m mypy --strict graceful_web
 	LOOP=asyncio $(PY) -m pytest -q tests
-	LOOP=uvloop $(PY) -m pytest -q $(UVLOOP_AGAIN)
+	LOOP=uvloop $(PY) -m pytest -q $(UVLOOP_AGAIN) --deselect $(UVLOOP_SAME)
+
+# What a Python version or the lowest dependency versions can break on their own: ruff, mypy
+# --strict and the tests marked portable (PORTABLE in tests/conftest.py: every test in process,
+# every server on each of its loops, the server internals graceful_web reads, each store), then
+# those of UVLOOP_AGAIN on uvloop. make test-pythons and make test-lowest run this.
+test-portable: lint
+	bash .ci/ensure_stores.sh
+	LOOP=asyncio $(PY) -m pytest -q -m portable tests
+	LOOP=uvloop $(PY) -m pytest -q -m portable $(UVLOOP_AGAIN) --deselect $(UVLOOP_SAME)
 
 # 200 start/stop cycles of each demo service under load (make test runs 10); prints the figures.
 SOAK_CYCLES ?= 200
 soak: $(STAMP)
-	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_soak.py
+	SOAK_CYCLES=$(SOAK_CYCLES) $(PY) -m pytest -q -s -p no:cacheprovider tests/demo/test_soak.py
 
 # The demo services under a real Docker engine: docker compose stop drains, and a rolling restart
 # behind nginx under load. As root on Debian it installs and starts what it needs (docker/test-docker.sh).
@@ -62,12 +71,12 @@ test-docker: $(STAMP)
 test-swarm: $(STAMP)
 	PY=$(PY) bash docker/test-swarm.sh
 
-# make test under Python 3.13 and 3.14 (Debian sid's, in a chroot made by debootstrap, cached in
-# .python-cache/), each in its own venv (.venv-3.13, .venv-3.14). As root on Debian.
+# make test-portable under Python 3.13 and 3.14 (Debian sid's, in a chroot made by debootstrap,
+# cached in .python-cache/), each in its own venv (.venv-3.13, .venv-3.14). As root on Debian.
 test-pythons:
 	bash .ci/test-pythons.sh
 
-# make test with the lowest version of each dependency pyproject.toml allows (uv's
+# make test-portable with the lowest version of each dependency pyproject.toml allows (uv's
 # --resolution lowest-direct), on python3, in .venv-lowest.
 test-lowest:
 	PYTHON=$(PYTHON) bash .ci/test-lowest.sh
@@ -95,7 +104,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 matrix: $(STAMP)
 	rm -f .matrix-figures.jsonl
 	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
-		tests/test_servers_and_loops.py -k "drains_on_its_loop"
+		tests/servers/test_servers_and_loops.py -k "drains_on_its_loop"
 	$(PY) -m tests._matrix_table .matrix-figures.jsonl
 
 # Reloads on one host (tests/reload): every multi-worker server reloaded twice by its own reload

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run by `make test` first: the PostgreSQL and Redis servers that tests/_stores.py starts (as
-# their own processes, on 127.0.0.1) must be installed. When /usr/lib/postgresql/*/bin/postgres and
+# Run by `make test` first: the PostgreSQL and Redis servers that tests/support/stores.py starts
+# (as their own processes, on 127.0.0.1) must be installed. When /usr/lib/postgresql/*/bin/postgres and
 # redis-server are there (always in the chroot of `make test-pythons`) it does nothing. Else, as
 # root on Debian, it installs the missing ones with apt-get, without letting their packages start
 # a service: Debian's own cluster (port 5432) and redis (port 6379) are never used by the tests.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test-lowest`: the whole `make test` (ruff, mypy --strict, pytest) with the lowest version
-# of every dependency that pyproject.toml allows, on the machine's python3, in .venv-lowest.
+# `make test-lowest`: `make test-portable` (ruff, mypy --strict, the tests marked portable in
+# tests/conftest.py) with the lowest version of every dependency that pyproject.toml allows, on
+# the machine's python3, in .venv-lowest.
 #
 # uv resolves graceful-web[dev] with --resolution lowest-direct: each direct dependency (anyio and
 # everything in the dev extra) at the lowest version that resolves, their own dependencies at the
@@ -65,7 +66,7 @@ sys.exit(Version(version("aiohttp")) >= Version("3.12.14"))'; then
             'aiosignal<1.4' || die "uv could not install aiosignal < 1.4"
     fi
     echo "$key" >"$VENV/.lowest-key"
-    # make test then finds its stamp newer than pyproject.toml and installs nothing more.
+    # make then finds its stamp newer than pyproject.toml and installs nothing more.
     touch "$VENV/.installed-dev"
 }
 
@@ -98,6 +99,6 @@ ensure_venv
 log "venv ready after $((SECONDS - STARTED))s; direct dependencies:"
 report_versions
 status=0
-make test "PYTHON=$PYTHON" "VENV=$VENV" || status=$?
+make test-portable "PYTHON=$PYTHON" "VENV=$VENV" || status=$?
 log "finished in $((SECONDS - STARTED))s with status $status"
 exit "$status"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# `make test-pythons`: the whole `make test` (ruff, mypy --strict, pytest) under each Python in
-# PYTHONS (default "3.13 3.14"), next to the machine's own python3 that `make test` uses.
+# `make test-pythons`: `make test-portable` (ruff, mypy --strict, the tests marked portable in
+# tests/conftest.py) under each Python in PYTHONS (default "3.13 3.14"), next to the machine's own
+# python3 on which `make test` runs everything.
 #
 # The interpreters come from Debian sid, in a chroot made by debootstrap from the machine's own
 # apt mirror and kept in .python-cache/sid (rebuilt when the package list below changes; delete
 # the folder to take newer sid packages). The checkout is bind-mounted at /src inside it and
-# `make test PYTHON=python3.X VENV=.venv-3.X` runs there, so each Python gets its own venv in the
-# checkout (git-ignored) and runs exactly the commands of `make test`. The chroot shares the
-# machine's network (the tests use 127.0.0.1 only) and its pip configuration (CA bundle, config
-# files, PIP_* variables, the local folders they name).
+# `make test-portable PYTHON=python3.X VENV=.venv-3.X` runs there, so each Python gets its own
+# venv in the checkout (git-ignored) and runs exactly the commands of `make test-portable`. The
+# chroot shares the machine's network (the tests use 127.0.0.1 only) and its pip configuration
+# (CA bundle, config files, PIP_* variables, the local folders they name).
 #
 # Every Python runs even when an earlier one fails; the exit status is 1 if any failed. Anything
 # that cannot be provisioned (not root, not Debian, debootstrap failing) is an error, never a skip.
@@ -48,8 +49,9 @@ unmount_all() {
     done
 }
 
-# postgresql and redis-server: the servers tests/_stores.py starts (.ci/ensure_stores.sh finds them
-# here and installs nothing). Their services never start in the chroot: nothing runs its init.
+# postgresql and redis-server: the servers tests/support/stores.py starts (.ci/ensure_stores.sh
+# finds them here and installs nothing). Their services never start in the chroot: nothing runs
+# its init.
 packages() {
     local p packages=(ca-certificates make postgresql redis-server)
     for p in $PYTHONS; do packages+=("python$p" "python$p-venv"); done
@@ -161,9 +163,9 @@ status=0
 summary=()
 for version in $PYTHONS; do
     begun=$SECONDS
-    log "make test under Python $version (venv .venv-$version)"
+    log "make test-portable under Python $version (venv .venv-$version)"
     result=passed
-    run_in_chroot "$version" make -C /src test "PYTHON=python$version" "VENV=.venv-$version" ||
+    run_in_chroot "$version" make -C /src test-portable "PYTHON=python$version" "VENV=.venv-$version" ||
         { result=failed; status=1; }
     summary+=("Python $version: $result in $((SECONDS - begun))s")
     log "${summary[-1]}"

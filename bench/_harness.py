@@ -17,15 +17,17 @@ import resource
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support import polling
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / ".out"
@@ -52,12 +54,6 @@ def on_server_cpu(argv: Sequence[str]) -> list[str]:
     if SERVER_CPU is None:
         return list(argv)
     return ["taskset", "-c", str(SERVER_CPU), *argv]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_open_files(wanted: int) -> int:
@@ -95,13 +91,9 @@ def http_post(port: int, path: str, timeout: float = 2.0) -> int:
         conn.close()
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.005)
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Polled every 5 ms: a figure must not wait on the poll."""
+    polling.wait_until(predicate, timeout, what, interval=0.005)
 
 
 # -- the servers --------------------------------------------------------------------------

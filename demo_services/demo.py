@@ -17,14 +17,12 @@ import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +30,9 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from tests.support.polling import poll
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -109,12 +110,6 @@ class Run:
 # -- driving one service -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def call(port: int, method: str, path: str, timeout: float = 30.0) -> tuple[int, str]:
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -123,15 +118,6 @@ def call(port: int, method: str, path: str, timeout: float = 30.0) -> tuple[int,
         return response.status, response.read().decode(errors="replace")
     finally:
         connection.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def in_flight(metrics_port: int) -> tuple[int, int] | None:
@@ -198,7 +184,7 @@ def _exercise(
     run: Run, proc: subprocess.Popen[bytes], port: int, metrics_port: int, jobs_file: Path
 ) -> None:
     try:
-        if not wait_until(lambda: _ready(proc, port), START_TIMEOUT):
+        if not poll(lambda: _ready(proc, port), START_TIMEOUT, interval=0.02):
             raise RuntimeError(f"not ready after {START_TIMEOUT:.0f} s")
     except RuntimeError as exc:
         run.error = str(exc)
@@ -211,7 +197,7 @@ def _exercise(
     # listen backlog when the listener closes would be refused, not drained.
     if in_flight(metrics_port) is None:
         time.sleep(0.5)
-    elif not wait_until(lambda: in_flight(metrics_port) == expected, 5.0):
+    elif not poll(lambda: in_flight(metrics_port) == expected, 5.0, interval=0.02):
         run.error = f"in flight never reached {expected}: {in_flight(metrics_port)}"
     time.sleep(max(0.0, run.t0 + SIGNAL_AFTER - time.monotonic()))
 

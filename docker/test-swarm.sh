@@ -21,7 +21,7 @@ log "base image ready after $(elapsed)"
 ensure_wheelhouse
 log "wheelhouse ready after $(elapsed)"
 # The durable-jobs scenario (tests/swarm/test_swarm_durable.py) runs a PostgreSQL server on this
-# machine (tests/_stores.py), which the replicas reach at 127.0.0.1 through host networking.
+# machine (tests/support/stores.py), which the replicas reach at 127.0.0.1 through host networking.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_install postgresql
 
 SWARM_BEFORE=$(docker info --format '{{.Swarm.LocalNodeState}}')

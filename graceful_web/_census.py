@@ -10,7 +10,7 @@ tells its follow-up work from anyone else's: a task the request started (Starlet
 
 Coroutines are read through ``cr_code``/``cr_await``/``cr_frame`` (``gi_*`` for generators),
 the attributes ``inspect`` documents; the task that asks walks its own stack instead, as a
-running coroutine has no ``cr_await``. A canary in tests/test_quirks.py checks both ways.
+running coroutine has no ``cr_await``. A canary in tests/unit/test_quirks.py checks both ways.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each accessor answers None (or nothing) when the internal is not there or has another shape,
 and its caller then does what the bare server would do, never worse. Each has a canary in
-tests/test_quirks.py that fails naming the package and its version when the shape changes.
+tests/unit/test_quirks.py that fails naming the package and its version when the shape changes.
 Nothing here imports a web framework: the objects are handed in, or found by name.
 """
 

@@ -1,6 +1,6 @@
 """``python -m tests._matrix_table FIGURES``: the server and loop table of docs/servers/index.md,
-from the figures ``make matrix`` had tests/test_servers_and_loops.py record (one JSON line a
-row)."""
+from the figures ``make matrix`` had tests/servers/test_servers_and_loops.py record (one JSON line
+a row)."""
 
 from __future__ import annotations
 

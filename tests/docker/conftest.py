@@ -23,7 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import free_port, wait_until
+from tests.support.docker_engine import require_docker_engine
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -165,16 +167,6 @@ class Compose:
             timeout,
             f"docker to report {service} healthy",
         )
-
-
-def require_docker_engine() -> None:
-    """Fail, saying what to run, unless a Docker engine answers."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        pytest.fail("no docker command: run these tests through `make test-docker`")
-    if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers: run `make test-docker`\n{info.stderr}")
 
 
 def _compose_command() -> tuple[str, ...]:

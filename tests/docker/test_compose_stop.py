@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from ..conftest import wait_until
+from tests.support.polling import wait_until
+
 from .conftest import Compose, accepted_connections, grace_period
 
 SERVICES = ("aiohttp", "asgi")

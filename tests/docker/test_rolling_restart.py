@@ -10,15 +10,14 @@ readiness check) and nginx sends it traffic again.
 from __future__ import annotations
 
 import collections
-import itertools
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from ..conftest import wait_until
+from tests.support.load import Kind, MixedLoad
+from tests.support.polling import wait_until
+
 from .conftest import ROOT, Compose
 
 REPLICAS = ("web-a", "web-b")
@@ -41,93 +40,19 @@ def render_nginx_conf(compose: Compose) -> str:
     return text
 
 
-@dataclass
-class Load:
-    """Requests and jobs through nginx from a few threads, until stopped or a bound is hit."""
+@dataclass(kw_only=True)
+class Load(MixedLoad):
+    """Requests and jobs through nginx from WORKERS threads, until stopped or a bound is hit.
 
-    base_url: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    counter: itertools.count[int] = field(default_factory=itertools.count)
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
-    sent: collections.Counter[str] = field(default_factory=collections.Counter)
-    failures: list[str] = field(default_factory=list)
-    accepted_jobs: list[str] = field(default_factory=list)
-    served_by: collections.Counter[str] = field(default_factory=collections.Counter)
-    retried: int = 0
-    hit_bound: bool = False
-    started: float = 0.0
-    finished: float = 0.0
+    One request in ten is a job, two are slow requests, the rest are quick ones."""
 
-    def start(self) -> None:
-        self.started = time.monotonic()
-        for n in range(WORKERS):
-            thread = threading.Thread(target=self._work, name=f"load-{n}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(REQUEST_TIMEOUT + 10)
-        assert not any(thread.is_alive() for thread in self.threads), "load threads hang"
-        self.finished = time.monotonic()
-
-    def count(self) -> int:
-        with self.lock:
-            return sum(self.sent.values())
-
-    def served(self, port: int) -> int:
-        with self.lock:
-            return self.served_by[f"127.0.0.1:{port}"]
-
-    def _work(self) -> None:
-        deadline = self.started + MAX_SECONDS
-        with httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT) as client:
-            while not self.stop_event.is_set():
-                n = next(self.counter)
-                if n >= MAX_REQUESTS or time.monotonic() > deadline:
-                    self.hit_bound = True
-                    return
-                self._one(client, n)
-
-    def _one(self, client: httpx.Client, n: int) -> None:
-        # One request in ten is a job, two are slow requests, the rest are quick ones.
+    def mix(self, n: int) -> tuple[Kind, int, str | None]:
         kind = n % 10
-        job_id = None
-        try:
-            if kind == 0:
-                job_id = f"job{n}"
-                kind_name = "job"
-                ms = 100 + (n // 10) % 8 * 100
-                response = client.post("/jobs", params={"ms": ms, "id": job_id})
-                ok = response.status_code == 202 and response.json().get("id") == job_id
-            elif kind in (1, 2):
-                kind_name = "slow"
-                ms = 50 + n % 4 * 100
-                response = client.get("/slow", params={"ms": ms})
-                ok = response.status_code == 200 and response.text == f"slept {ms} ms\n"
-            else:
-                kind_name = "fast"
-                response = client.get("/fast")
-                ok = response.status_code == 200 and response.text == "ok\n"
-        except httpx.HTTPError as exc:
-            with self.lock:
-                self.sent["failed"] += 1
-                self.failures.append(f"request {n}: {exc!r}")
-            return
-        upstreams = response.headers.get("X-Upstream", "")
-        with self.lock:
-            self.sent[kind_name] += 1
-            # "a, b": nginx tried a first and b answered.
-            self.served_by[upstreams.split(",")[-1].strip()] += 1
-            self.retried += "," in upstreams
-            if not ok:
-                self.failures.append(
-                    f"request {n} ({kind_name}): {response.status_code} {response.text[:80]!r}"
-                )
-            elif job_id is not None:
-                self.accepted_jobs.append(job_id)
+        if kind == 0:
+            return "job", 100 + (n // 10) % 8 * 100, f"job{n}"
+        if kind in (1, 2):
+            return "slow", 50 + n % 4 * 100, None
+        return "fast", 0, None
 
 
 @dataclass
@@ -165,7 +90,13 @@ def test_rolling_restart_behind_nginx_loses_nothing(compose: Compose, tmp_path: 
     stops: list[ReplicaStop] = []
     log_tails: dict[str, list[str]] = {}
     compose.up(*REPLICAS, "nginx")  # nginx starts once both replicas are healthy
-    load = Load(compose.url("nginx"))
+    load = Load(
+        base_url=compose.url("nginx"),
+        clients=WORKERS,
+        max_requests=MAX_REQUESTS,
+        max_seconds=MAX_SECONDS,
+        request_timeout=REQUEST_TIMEOUT,
+    )
     try:
         for replica in REPLICAS:
             compose.wait_ready(replica)

@@ -43,8 +43,9 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port, wait_until
-from .conftest import require_docker_engine
+from tests.support.docker_engine import require_docker_engine
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "docs" / "systemd"

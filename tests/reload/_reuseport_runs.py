@@ -36,7 +36,11 @@ from pathlib import Path
 
 import httpx
 
-from ..conftest import ROOT, free_port, stop, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import stop
+from tests.support.servers import ROOT
+
 from ._load import KINDS, PID_HEADER, Load, Traffic
 from ._netns import TCP_MIGRATE_REQ, emit, prepare
 from ._shared_port import Process, start_process

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from ..conftest import ROOT, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import ROOT
 
 START_TIMEOUT = 20.0
 

@@ -31,10 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from ..conftest import ROOT, Server, StartServer, free_port, stop, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import spawn, stop, wait_answering
+from tests.support.servers import ROOT, Server, StartServer
+
 from ._figures import record_figures
 from ._load import KEEPALIVE_GET, KEEPALIVE_POST, Load, Traffic
 from ._workers import Workers
@@ -177,22 +180,13 @@ def run_nginx(workdir: Path, upstream_port: int) -> Iterator[Nginx]:
     conf.write_text(MAIN_CONF.format(user=user, dir=workdir))
     command = [nginx_binary(), "-p", str(workdir), "-e", str(workdir / "error.log"),
                "-c", str(conf), "-g", "daemon off;"]  # fmt: skip
-    with (workdir / "stderr.log").open("wb") as stderr:
-        proc = subprocess.Popen(
-            command, stdout=stderr, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = spawn(command, workdir / "stderr.log")
     nginx = Nginx(proc, port, workdir)
     try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"nginx exited with {proc.returncode}:\n{nginx.log()}")
-            try:
-                return httpx.get(f"{nginx.url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 10, "nginx to answer /readyz from its upstream")
+        wait_answering(
+            proc, f"{nginx.url}/readyz", 10, "nginx to answer /readyz from its upstream",
+            nginx.log, name="nginx",
+        )  # fmt: skip
         yield nginx
     finally:
         stop(proc)

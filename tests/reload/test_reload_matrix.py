@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
-from ..conftest import Server, StartServer, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import Server, StartServer
+
 from ._load import BURST, FRESH, KEEPALIVE_GET, KEEPALIVE_POST, KINDS, Load, Outcome, Traffic
 from ._workers import Workers
 

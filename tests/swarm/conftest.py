@@ -13,8 +13,6 @@ no byte leaves the loopback. Everything a test deploys is removed by its id.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import json
 import os
 import random
@@ -23,7 +21,6 @@ import secrets
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +31,9 @@ import httpx
 import pytest
 import yaml
 
-from ..conftest import wait_until
+from tests.support.docker_engine import require_docker_engine
+from tests.support.load import Kind, MixedLoad
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = ROOT / "docker-stack.yml"
@@ -362,12 +361,7 @@ class Events:
 def swarm() -> Iterator[None]:
     """A one-node swarm on the engine: initialised here and left at the end, unless the engine
     was in a swarm already (then it is used and left as it was)."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        pytest.fail("no docker command: run these tests through `make test-swarm`")
-    if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers: run `make test-swarm`\n{info.stderr}")
+    require_docker_engine("test-swarm")
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     joined_here = state == "inactive"
     if joined_here:
@@ -449,93 +443,24 @@ MAX_SECONDS = 300.0
 REQUEST_TIMEOUT = 30.0
 
 
-@dataclass
-class Load:
+@dataclass(kw_only=True)
+class Load(MixedLoad):
     """Paced requests and jobs through one service's nginx from a few threads.
 
     Three requests in ten post a job (1 to 3 s, so that each replica has some in flight when
     it is told to stop), two are slow (0.2 to 1.2 s), the rest quick.
     """
 
-    base_url: str
-    tag: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    counter: itertools.count[int] = field(default_factory=itertools.count)
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
-    sent: collections.Counter[str] = field(default_factory=collections.Counter)
-    failures: list[str] = field(default_factory=list)
-    accepted_jobs: list[str] = field(default_factory=list)
-    served_by: collections.Counter[str] = field(default_factory=collections.Counter)
-    retried: int = 0
-    hit_bound: bool = False
-    started: float = 0.0
-    finished: float = 0.0
+    clients: int = CLIENTS
+    pause: float = PAUSE
+    max_requests: int | None = MAX_REQUESTS
+    max_seconds: float = MAX_SECONDS
+    request_timeout: float = REQUEST_TIMEOUT
 
-    def start(self) -> None:
-        self.started = time.monotonic()
-        for n in range(CLIENTS):
-            thread = threading.Thread(target=self._work, name=f"{self.tag}-{n}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(REQUEST_TIMEOUT + 10)
-        assert not any(thread.is_alive() for thread in self.threads), "load threads hang"
-        self.finished = time.monotonic()
-
-    def count(self) -> int:
-        with self.lock:
-            return sum(self.sent.values())
-
-    def served(self, port: int) -> int:
-        with self.lock:
-            return self.served_by[f"127.0.0.1:{port}"]
-
-    def _work(self) -> None:
-        deadline = self.started + MAX_SECONDS
-        with httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT) as client:
-            while not self.stop_event.wait(PAUSE):
-                n = next(self.counter)
-                if n >= MAX_REQUESTS or time.monotonic() > deadline:
-                    self.hit_bound = True
-                    return
-                self._one(client, n)
-
-    def _one(self, client: httpx.Client, n: int) -> None:
+    def mix(self, n: int) -> tuple[Kind, int, str | None]:
         kind = n % 10
-        job_id = None
-        try:
-            if kind < 3:
-                job_id = f"{self.tag}-{n}"
-                kind_name = "job"
-                ms = 1000 + n * 37 % 2000
-                response = client.post("/jobs", params={"ms": ms, "id": job_id})
-                ok = response.status_code == 202 and response.json().get("id") == job_id
-            elif kind < 5:
-                kind_name = "slow"
-                ms = 200 + n * 53 % 1000
-                response = client.get("/slow", params={"ms": ms})
-                ok = response.status_code == 200 and response.text == f"slept {ms} ms\n"
-            else:
-                kind_name = "fast"
-                response = client.get("/fast")
-                ok = response.status_code == 200 and response.text == "ok\n"
-        except httpx.HTTPError as exc:
-            with self.lock:
-                self.sent["failed"] += 1
-                self.failures.append(f"request {n}: {exc!r}")
-            return
-        upstreams = response.headers.get("X-Upstream", "")
-        with self.lock:
-            self.sent[kind_name] += 1
-            self.served_by[upstreams.split(",")[-1].strip()] += 1
-            self.retried += "," in upstreams
-            if not ok:
-                self.failures.append(
-                    f"request {n} ({kind_name}): {response.status_code} {response.text[:80]!r}"
-                )
-            elif job_id is not None:
-                self.accepted_jobs.append(job_id)
+        if kind < 3:
+            return "job", 1000 + n * 37 % 2000, f"{self.name}-{n}"
+        if kind < 5:
+            return "slow", 200 + n * 53 % 1000, None
+        return "fast", 0, None

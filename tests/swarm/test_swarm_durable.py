@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import itertools
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,8 +33,9 @@ import pytest
 import yaml
 
 from demo_services._contract import COMPLETED_TABLE
+from tests.support.load import ThreadedLoad
+from tests.support.polling import wait_until
 
-from ..conftest import wait_until
 from .conftest import (
     DEMO_IMAGE,
     PREFIX_VARIABLES,
@@ -115,8 +114,8 @@ def completed_rows(url: str) -> list[Row]:
     ]
 
 
-@dataclass
-class JobLoad:
+@dataclass(kw_only=True)
+class JobLoad(ThreadedLoad):
     """Clients posting durable jobs of JOB_MS straight to one service's replicas, in turn.
 
     A post a replica refuses (stopped: connection refused; draining: 503) is not accepted and
@@ -124,18 +123,18 @@ class JobLoad:
 
     stack: Stack
     service: str
-    tag: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    counter: itertools.count[int] = field(default_factory=itertools.count)
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    threads: list[threading.Thread] = field(default_factory=list)
+    clients: int = CLIENTS
+    pause: float = PAUSE
+    max_seconds: float = MAX_SECONDS
+    request_timeout: float = REQUEST_TIMEOUT
     accepted: list[str] = field(default_factory=list)
     accepted_by: collections.Counter[int] = field(default_factory=collections.Counter)
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     unanswered: dict[str, str] = field(default_factory=dict)  # id: what the client saw
-    hit_bound: bool = False
-    started: float = 0.0
-    finished: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        return self.name
 
     @property
     def ports(self) -> list[int]:
@@ -144,34 +143,11 @@ class JobLoad:
             for slot in range(1, self.stack.replicas + 1)
         ]
 
-    def start(self) -> None:
-        self.started = time.monotonic()
-        for n in range(CLIENTS):
-            thread = threading.Thread(target=self._work, name=f"{self.tag}-{n}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(REQUEST_TIMEOUT + 10)
-        assert not any(thread.is_alive() for thread in self.threads), "load threads hang"
-        self.finished = time.monotonic()
-
     def accepted_on(self, port: int) -> int:
         with self.lock:
             return self.accepted_by[port]
 
-    def _work(self) -> None:
-        deadline = self.started + MAX_SECONDS
-        with httpx.Client(timeout=REQUEST_TIMEOUT) as client:
-            while not self.stop_event.wait(PAUSE):
-                if time.monotonic() > deadline:
-                    self.hit_bound = True
-                    return
-                self._one(client, next(self.counter))
-
-    def _one(self, client: httpx.Client, n: int) -> None:
+    def send(self, client: httpx.Client, n: int) -> None:
         job_id = f"{self.tag}-{n}"
         port = self.ports[n % len(self.ports)]
         url = f"http://127.0.0.1:{port}/reports"
@@ -333,7 +309,9 @@ def test_forced_update_hands_durable_jobs_over(durable_stack: tuple[Stack, str])
     stack, url = durable_stack
     events = Events(stack.name)
     events.start()
-    loads = {s: JobLoad(stack, s, f"d{secrets.token_hex(2)}-{s}") for s in SERVICES}
+    loads = {
+        s: JobLoad(stack=stack, service=s, name=f"d{secrets.token_hex(2)}-{s}") for s in SERVICES
+    }
     run = DurableRun(loads)
     try:
         for load in loads.values():

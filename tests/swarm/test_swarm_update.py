@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ..conftest import wait_until
+from tests.support.polling import wait_until
+
 from .conftest import (
     CLIENTS,
     PAUSE,
@@ -156,7 +157,9 @@ class Traffic:
     def __enter__(self) -> Traffic:
         self.events = Events(self.stack.name)
         self.events.start()
-        self.loads = {s: Load(self.stack.nginx_url(s), f"{self.tag}-{s}") for s in SERVICES}
+        self.loads = {
+            s: Load(base_url=self.stack.nginx_url(s), name=f"{self.tag}-{s}") for s in SERVICES
+        }
         for load in self.loads.values():
             load.start()
         for service, load in self.loads.items():

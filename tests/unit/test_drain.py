@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graceful_web
-from graceful_web import _drain, _jobs, _registry, _report, _requests, _work
-from graceful_web._config import Config
+from graceful_web import _drain, _jobs, _registry, _report, _requests, _work, spawn
+from graceful_web._config import CANCEL_GRACE, Config
 from graceful_web._current import current_drain
-from graceful_web._config import CANCEL_GRACE
 from graceful_web._drain import Drain
 from graceful_web._work import ShutdownInProgress
 
@@ -196,3 +195,58 @@ def test_every_accepted_job_is_completed_or_reported_abandoned_exactly_once(
     assert model.drain.jobs_in_flight == 0
     assert model.drain.requests_in_flight == 0
     assert set(model.alive) <= set(model.accepted) - model.started  # cancelled unstarted
+
+
+# -- one drain, step by step ----------------------------------------------------------
+
+
+async def test_drain_waits_for_a_job_and_reports_it() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=5))
+    finished: list[str] = []
+
+    async def job() -> None:
+        await asyncio.sleep(0.05)
+        finished.append("done")
+
+    task = spawn(job(), name="unit-job")
+    assert task.get_name() == "unit-job"
+    report = await drain.wait("test")
+    assert finished == ["done"]
+    assert (report.drained_jobs, report.abandoned, report.exit_code) == (1, (), 0)
+
+
+async def test_deadline_cancels_and_reports_by_name() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=0.1))
+    spawn(asyncio.sleep(30), name="sleeper")
+    report = await drain.wait("test")
+    assert [(w.kind, w.name) for w in report.abandoned] == [("job", "sleeper")]
+    assert report.exit_code == graceful_web.EXIT_ABANDONED
+
+
+async def test_a_request_in_flight_at_the_drain_is_named_aged_and_drained() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=5))
+    release = asyncio.Event()
+
+    async def handler() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        assert drain.enter_request(task, lambda path: f"GET {path}", "/slow")
+        # A nested app's middleware on the same task does not count the request twice.
+        assert not drain.enter_request(task, lambda path: f"GET {path}", "/slow")
+        try:
+            await release.wait()
+        finally:
+            drain.exit_request(task)
+
+    request = asyncio.create_task(handler())
+    await asyncio.sleep(0)
+    assert drain.requests_in_flight == 1
+    drain.begin("test")
+    assert [(work.kind, work.name) for work in drain._work] == [("request", "GET /slow")]
+    release.set()
+    report = await drain.wait()
+    await request
+    assert (report.drained_requests, report.abandoned, drain.requests_in_flight) == (1, (), 0)

@@ -5,49 +5,17 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
-from .conftest import Server, StartServer, connect_refused, wait_until
+from tests.support.clients import Background, post_job, slow_request
+from tests.support.polling import wait_until
+from tests.support.ports import connect_refused
+from tests.support.servers import StartServer
 
 APP = "tests.apps.aiohttp_app"
-
-
-class Background:
-    """A request sent from a thread, so the test can signal the server while it is in flight."""
-
-    def __init__(self, send: Callable[[], httpx.Response]) -> None:
-        self.response: httpx.Response | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(send,), daemon=True)
-        self._thread.start()
-
-    def _run(self, send: Callable[[], httpx.Response]) -> None:
-        try:
-            self.response = send()
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float = 30.0) -> httpx.Response:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "request still running"
-        if self.error is not None:
-            raise self.error
-        assert self.response is not None
-        return self.response
-
-
-def slow_request(server: Server, ms: int) -> Background:
-    return Background(lambda: httpx.get(f"{server.url}/slow?ms={ms}", timeout=60))
-
-
-def post_job(server: Server, job_id: str, ms: int) -> None:
-    response = httpx.post(f"{server.url}/jobs?ms={ms}&id={job_id}", timeout=10)
-    assert response.status_code == 202, response.text
 
 
 # -- 1. nothing protected is cancelled before the deadline --------------------------------

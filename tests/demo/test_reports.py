@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import StartServer, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import StartServer
 
 SERVICES = ["demo_services.aiohttp_service", "demo_services.asgi_service"]
 

@@ -43,8 +43,11 @@ import httpx
 import pytest
 import yaml
 
-from . import _restart_table
-from .conftest import ROOT, free_port, stop, wait_until
+from tests import _restart_table
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import spawn, stop
+from tests.support.servers import ROOT
 
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
@@ -220,15 +223,7 @@ def serve_and_drain(app_code: str, command_line: str, request: str, tmp_path: Pa
     (tmp_path / "app.py").write_text(localise(app_code, port))
     log_path = tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            server_command(command_line, port),
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(server_command(command_line, port), log_path, cwd=tmp_path, env=env)
     try:
         wait_until(lambda: proc.poll() is not None or listening(port), START_TIMEOUT, "listening")
         if workers := re.search(r"--workers (\d+)", command_line):
@@ -350,15 +345,8 @@ def check_signalled(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(block.code)
     log_path = tmp_path / "example.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = spawn([sys.executable, str(script)], log_path, cwd=tmp_path, env=env)
     try:
         first = next(line for line in lines if not line.startswith("$"))
         wait_until(lambda: first in log_path.read_text(), START_TIMEOUT, repr(first))

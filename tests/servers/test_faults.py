@@ -1,7 +1,7 @@
 """Faults, bad input and signals at odd moments: real server processes, real signals, what the
 clients saw, what the jobs wrote, and how long the process took to exit.
 
-Cases already proven in tests/test_aiohttp_drain.py are not repeated here: a failing job
+Cases already proven in tests/servers/test_aiohttp_drain.py are not repeated here: a failing job
 (test_failing_job_is_logged_with_traceback_and_others_still_drain), a second SIGTERM
 (test_second_signal_cancels_everything_and_exits_now), a malformed deadline in the environment
 (test_invalid_deadline_in_environment_fails_at_startup) and readiness while serving
@@ -14,21 +14,16 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from starlette.applications import Starlette
 
 import graceful_web
 import graceful_web.aiohttp
-from graceful_web.asgi import GracefulLifespan
-
-from .conftest import Server, StartServer, connect_refused
-from .test_aiohttp_drain import post_job, slow_request
+from tests.support.clients import post_job, slow_request
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
 
 #: Whatever clients and jobs do, the process is gone by the deadline plus this (the hard exit
 #: comes 0.75 s after the deadline).
@@ -337,79 +332,6 @@ def test_bad_input_during_the_drain_gets_a_clean_4xx_and_the_drain_goes_on(
     log = server.log()
     assert "deadline in 6.0 s" in log
     assert "abandoned 0" in log
-
-
-# Wrong configuration raises at setup, in either adapter, with a message that says what to do.
-# (Already covered elsewhere: a negative deadline, a pre-stop delay not inside the deadline, an
-# unknown signal name, a readiness path without '/', hooks that are not callable, something
-# that is not an ASGI 3 app, setup() twice or on something that is not an Application.)
-
-WRONG_CONFIGURATION: list[tuple[dict[str, Any], dict[str, str], type[Exception], str]] = [
-    ({"drain_timeout": 0}, {}, ValueError, "drain_timeout must be more than zero seconds, got 0"),
-    ({"drain_timeout": float("nan")}, {}, ValueError, "must be a finite number of seconds"),
-    ({"drain_timeout": "25"}, {}, TypeError, "drain_timeout must be a number of seconds"),
-    ({"drain_timeout": True}, {}, TypeError, "drain_timeout must be a number of seconds"),
-    ({"pre_stop_delay": -1}, {}, ValueError, "pre_stop_delay must be zero or more seconds"),
-    ({"progress_interval": -1}, {}, ValueError, "progress_interval must be zero or more"),
-    ({}, {"GRACEFUL_PRE_STOP_DELAY": "5s"}, ValueError,
-     "GRACEFUL_PRE_STOP_DELAY='5s' is not a number of seconds; set it to e.g."),
-    ({}, {"GRACEFUL_PROGRESS_INTERVAL": "often"}, ValueError,
-     "GRACEFUL_PROGRESS_INTERVAL='often' is not a number of seconds; set it to e.g."),
-    ({}, {"GRACEFUL_DRAIN_TIMEOUT": "-5"}, ValueError,
-     "GRACEFUL_DRAIN_TIMEOUT must be more than zero seconds, got -5"),
-    ({"signals": []}, {}, ValueError, "signals must name at least one signal, e.g."),
-    ({"signals": [99999]}, {}, ValueError, "unknown signal number 99999"),
-    ({"signals": [1.5]}, {}, TypeError, "unknown signal 1.5: use e.g. signal.SIGTERM or"),
-    ({"on_abandoned": "requeue"}, {}, TypeError, "on_abandoned must be callable"),
-    ({"idle_connection_grace": -1}, {}, ValueError,
-     "idle_connection_grace must be zero or more seconds"),
-    ({"drain_timeout": 10, "pre_stop_delay": 6, "idle_connection_grace": 4}, {}, ValueError,
-     "idle_connection_grace (4 s) must be shorter than drain_timeout (10 s) less pre_stop_delay"),
-    ({}, {"GRACEFUL_IDLE_CONNECTION_GRACE": "1s"}, ValueError,
-     "GRACEFUL_IDLE_CONNECTION_GRACE='1s' is not a number of seconds; set it to e.g."),
-]  # fmt: skip
-
-
-def set_up_aiohttp(options: dict[str, Any]) -> None:
-    graceful_web.aiohttp.setup(web.Application(), **options)
-
-
-def set_up_asgi(options: dict[str, Any]) -> None:
-    GracefulLifespan(Starlette(), **options)
-
-
-@pytest.mark.parametrize("set_up", [set_up_aiohttp, set_up_asgi], ids=["aiohttp", "asgi"])
-@pytest.mark.parametrize(
-    ("options", "env", "error", "message"),
-    WRONG_CONFIGURATION,
-    ids=[message.split(" ", 1)[0] + f"-{n}" for n, (*_, message) in enumerate(WRONG_CONFIGURATION)],
-)
-def test_wrong_configuration_raises_at_setup_saying_what_to_do(
-    monkeypatch: pytest.MonkeyPatch,
-    set_up: Callable[[dict[str, Any]], None],
-    options: dict[str, Any],
-    env: dict[str, str],
-    error: type[Exception],
-    message: str,
-) -> None:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(error) as raised:
-        set_up(options)
-    assert message in str(raised.value)
-
-
-@pytest.mark.parametrize("version", ["3.8.6", "2.3.10"])
-def test_an_unsupported_aiohttp_version_raises_at_setup(
-    monkeypatch: pytest.MonkeyPatch, version: str
-) -> None:
-    monkeypatch.setattr(graceful_web.aiohttp, "aiohttp_version", version)
-    with pytest.raises(RuntimeError) as raised:
-        set_up_aiohttp({})
-    assert str(raised.value) == (
-        f"graceful_web.aiohttp needs aiohttp 3.14 or newer, found {version}: "
-        "pip install -U 'graceful-web[aiohttp]'"
-    )
 
 
 # -- 4. signals at odd moments ------------------------------------------------------------------

@@ -18,7 +18,10 @@ import time
 import httpx
 import pytest
 
-from .conftest import Server, StartServer, connect_refused, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
+
 from .test_asgi_drain import Call, drained_totals, events_contain
 
 PY = sys.executable

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -10,37 +9,19 @@ import textwrap
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-import graceful_web.prometheus
-from graceful_web import spawn
-from graceful_web._config import Config
-from graceful_web._current import current_drain
-
-from ._watch import post_job, slow_request
-from .conftest import ROOT, StartServer, free_port, wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from tests.support.clients import post_job, slow_request
+from tests.support.metrics import Samples, parse, value
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.servers import ROOT, StartServer
 
 #: The demo service of each adapter: aiohttp's, and Starlette in GracefulLifespan on uvicorn.
 SERVICES = ["demo_services.aiohttp_service", "demo_services.asgi_service"]
 
 
-def parse(text: str) -> Samples:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def scrape(port: int) -> Samples:
     return parse(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -79,31 +60,6 @@ def test_metrics_move_during_a_real_drain(start_server: StartServer, service: st
     assert server.wait_exit() == 0
     assert short.result().status_code == long.result().status_code == 200
     assert sorted(server.jobs()) == ["m-long", "m-short"]
-
-
-async def test_a_finished_drain_lands_in_the_histogram_and_the_counters_by_kind() -> None:
-    registry = CollectorRegistry()
-    graceful_web.prometheus.register(registry)
-    drain = current_drain()
-    drain.configure(Config.build(drain_timeout=0.3, progress_interval=0))
-    spawn(asyncio.sleep(0.05), name="quick")
-    spawn(asyncio.sleep(30), name="stuck")
-    drain.request_started("GET /stuck", lambda: None)  # never ends: abandoned at the deadline
-    await drain.wait("test")
-
-    samples = parse(generate_latest(registry).decode())
-    assert value(samples, "graceful_drain_duration_seconds_count") == 1
-    assert value(samples, "graceful_drain_duration_seconds_bucket", le="0.1") == 0
-    assert value(samples, "graceful_drain_duration_seconds_bucket", le="+Inf") == 1
-    assert value(samples, "graceful_drained_total", kind="job") == 1
-    assert value(samples, "graceful_abandoned_total", kind="job") == 1
-    assert value(samples, "graceful_abandoned_total", kind="request") == 1
-
-
-def test_register_twice_returns_the_same_collector() -> None:
-    registry = CollectorRegistry()
-    first = graceful_web.prometheus.register(registry)
-    assert graceful_web.prometheus.register(registry) is first
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,23 @@ def postgres_bin_dir() -> Path:
             MISSING.format(what="PostgreSQL (/usr/lib/postgresql/*/bin/postgres)"), pytrace=False
         )
     return max(found, key=lambda d: [int(n) for n in re.findall(r"\d+", d.parent.name)] or [0])
+
+
+def _wait_started(
+    name: str, proc: subprocess.Popen[bytes], port: int, log_path: Path, ready: Callable[[], bool]
+) -> None:
+    """Poll ``ready`` until it holds; fail with the server's log if it exits or is too slow."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{name} did not answer on 127.0.0.1:{port} within "
+                f"{START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
+                pytrace=False,
+            )
+        time.sleep(0.05)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -156,22 +173,14 @@ def run_postgres(port: int) -> Iterator[PostgresServer]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"postgres exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False
-                )
+
+        def ready() -> bool:
+            nonlocal pid
             pid = pid or _postmaster_pid(data_dir)
-            if pid is not None and _pg_isready(bin_dir, port):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"postgres did not answer on 127.0.0.1:{port} within "
-                    f"{START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
-                    pytrace=False,
-                )
-            time.sleep(0.05)
+            return pid is not None and _pg_isready(bin_dir, port)
+
+        _wait_started("postgres", proc, port, log_path, ready)
+        assert pid is not None
         yield PostgresServer(port, pid, bin_dir, data_dir, log_path)
     finally:
         if proc is not None:
@@ -242,19 +251,7 @@ def run_redis(port: int) -> Iterator[str]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _redis_pong(port):
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"redis-server exited with {proc.returncode}:\n{_tail(log_path)}", pytrace=False
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"redis-server did not answer on 127.0.0.1:{port} within "
-                    f"{START_TIMEOUT:.0f} s:\n{_tail(log_path)}",
-                    pytrace=False,
-                )
-            time.sleep(0.05)
+        _wait_started("redis-server", proc, port, log_path, lambda: _redis_pong(port))
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         if proc is not None:

@@ -20,8 +20,9 @@ from contextlib import ExitStack
 import pytest
 
 from graceful_web import _listeners
-
-from .conftest import Server, StartServer, connect_refused, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
 
 LOOP = os.environ.get("LOOP", "asyncio")
 GRACE = 3.0  # long enough for the test to send its requests after the listener has closed

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from .conftest import Server, StartServer, wait_until
+from tests.support.polling import wait_until
+from tests.support.servers import Server, StartServer
 
 CYCLES = int(os.environ.get("SOAK_CYCLES", "10"))
 CLIENTS = 6

@@ -7,7 +7,7 @@ in one JOBS_FILE shared by every process. A run with no ``end`` was cut short: i
 until its process handed the record over (the test's trigger on the SQLite file notes when each
 record was released and by which process) or until its process died (watched from a thread), so
 a run is never taken to end sooner than it did. The single-process cases (kill -9 with 100 jobs,
-hand-over to the next process, poison jobs, store errors) are in tests/test_durable_jobs.py.
+hand-over to the next process, poison jobs, store errors) are in tests/servers/test_durable_jobs.py.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import httpx
 import pytest
 
 from graceful_web.durable._sqlite import SCHEMA
-
-from .conftest import StartServer, wait_until
-from .reload._workers import Workers
+from tests.reload._workers import Workers
+from tests.support.polling import wait_until
+from tests.support.servers import StartServer
 
 PY = sys.executable
 LOOP = os.environ.get("LOOP", "asyncio")

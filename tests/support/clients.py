@@ -1,4 +1,5 @@
-"""Clients and log readers shared by the tests of drain visibility (progress, hooks, metrics)."""
+"""Requests in flight from a thread while the test signals the server, jobs posted, and the
+server's JSON log lines read back."""
 
 from __future__ import annotations
 
@@ -8,8 +9,24 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
-from .conftest import Server
+from .servers import Server
+
+#: tests/apps/watch_app.py, the same service behind either adapter: aiohttp's run_app, or
+#: GracefulLifespan under uvicorn (ADAPTER names which).
+WATCH_APP = "tests.apps.watch_app"
+ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
+
+#: The fields of every progress line, beside its message.
+FIELDS = {
+    "graceful_requests",
+    "graceful_jobs",
+    "graceful_oldest_kind",
+    "graceful_oldest_name",
+    "graceful_oldest_age_s",
+    "graceful_remaining_s",
+}
 
 
 class Background:

@@ -14,8 +14,7 @@ import pytest
 from rich.console import Console
 
 from demo_services import demo
-
-from .conftest import ROOT
+from tests.support.servers import ROOT
 
 SUMMARY_ROW = re.compile(
     r"^(?P<service>\S+)\s+(?P<mode>on|off)\s+(?P<answered>\d+)/(?P<requests>\d+)\s+(?P<recorded>\d+)/(?P<jobs>\d+)"

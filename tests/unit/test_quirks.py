@@ -3,7 +3,7 @@ event loop whose signals it holds back still have the shape it expects.
 
 Each failure names the package and the version installed, so an upgrade that changes an
 internal says at once what to look at. When one fails, graceful_web falls back to what the
-bare server does (tests/test_servers_and_loops.py shows the fallback); it never gets worse.
+bare server does (tests/servers/test_servers_and_loops.py shows the fallback); it never gets worse.
 """
 
 from __future__ import annotations

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 
-import anyio
-import pytest
-
-from graceful_web import DrainReport
-from graceful_web._config import Config
-from graceful_web._current import current_drain
-from graceful_web.aiohttp import setup
-
-from ._watch import post_job, slow_request
-from .conftest import StartServer
-
-APP = "tests.apps.watch_app"
-#: The same service behind either adapter: aiohttp's run_app, or GracefulLifespan under uvicorn.
-ADAPTERS = pytest.mark.parametrize("adapter", ["aiohttp", "asgi"])
+from tests.support.clients import ADAPTERS, WATCH_APP, post_job, slow_request
+from tests.support.servers import StartServer
 
 
 @ADAPTERS
 def test_drain_started_hook_runs_at_the_signal_while_work_is_in_flight(
     start_server: StartServer, adapter: str
 ) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter})
     pending = slow_request(server, 1500)
     server.wait_in_flight(requests=1)
     post_job(server, "h1", 1500)
@@ -37,7 +24,7 @@ def test_drain_started_hook_runs_at_the_signal_while_work_is_in_flight(
 
 @ADAPTERS
 def test_drain_finished_hook_receives_the_report(start_server: StartServer, adapter: str) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter})
     pending = slow_request(server, 1000)
     server.wait_in_flight(requests=1)
     post_job(server, "h2", 500)
@@ -51,7 +38,7 @@ def test_drain_finished_hook_receives_the_report(start_server: StartServer, adap
 @ADAPTERS
 def test_drain_waits_for_an_async_started_hook(start_server: StartServer, adapter: str) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "STARTED_HOOK": "slow", "HOOK_MS": "800"}
+        WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "slow", "HOOK_MS": "800"}
     )
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -64,7 +51,7 @@ def test_a_hung_started_hook_is_cancelled_at_the_deadline(
     start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "STARTED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
+        WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
     )
     post_job(server, "h3", 100)
     server.send(signal.SIGTERM)
@@ -78,7 +65,7 @@ def test_a_hung_started_hook_is_cancelled_at_the_deadline(
 def test_a_failing_started_hook_is_logged_and_the_drain_goes_on(
     start_server: StartServer, adapter: str
 ) -> None:
-    server = start_server(APP, env={"ADAPTER": adapter, "STARTED_HOOK": "raise"})
+    server = start_server(WATCH_APP, env={"ADAPTER": adapter, "STARTED_HOOK": "raise"})
     post_job(server, "h4", 500)
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -92,7 +79,7 @@ def test_a_hung_finished_hook_is_cancelled_at_the_deadline_and_the_process_exits
     start_server: StartServer, adapter: str
 ) -> None:
     server = start_server(
-        APP, env={"ADAPTER": adapter, "FINISHED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
+        WATCH_APP, env={"ADAPTER": adapter, "FINISHED_HOOK": "hang", "GRACEFUL_DRAIN_TIMEOUT": "1"}
     )
     post_job(server, "h5", 100)
     server.send(signal.SIGTERM)
@@ -105,51 +92,3 @@ def test_a_hung_finished_hook_is_cancelled_at_the_deadline_and_the_process_exits
     ]
     assert "on_drain_finished hook was still running after" in server.log()
     assert "hard exit" not in server.log()
-
-
-def test_hooks_must_be_callable() -> None:
-    from aiohttp import web
-
-    with pytest.raises(TypeError, match="on_drain_started must be callable"):
-        setup(web.Application(), on_drain_started="deregister")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="on_drain_finished must be callable"):
-        Config.build(on_drain_finished=42)  # type: ignore[arg-type]
-
-
-async def test_a_hung_finished_hook_is_cancelled_and_the_drain_returns(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def hang(report: DrainReport) -> None:
-        await anyio.sleep_forever()
-
-    drain = current_drain()
-    drain.configure(Config.build(drain_timeout=0.2, progress_interval=0, on_drain_finished=hang))
-    with caplog.at_level(logging.WARNING, logger="graceful_web"):
-        report = await drain.wait("test")
-    assert report.exit_code == 0
-    assert "on_drain_finished hook was still running after 0.5 s: cancelled" in caplog.text
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_hooks_run_under_asyncio_and_trio(backend: str) -> None:
-    seen: list[str] = []
-
-    async def started(reason: str) -> None:
-        await anyio.sleep(0.05)
-        seen.append(f"started:{reason}")
-
-    def finished(report: DrainReport) -> None:
-        seen.append(f"finished:{report.drained_requests}")
-
-    async def drain_one_request() -> None:
-        drain = current_drain()
-        drain.configure(
-            Config.build(drain_timeout=5, on_drain_started=started, on_drain_finished=finished)
-        )
-        work = drain.request_started("GET /x", lambda: None)
-        drain.begin("SIGTERM")
-        drain.discard(work)
-        await drain.wait()
-
-    anyio.run(drain_one_request, backend=backend)
-    assert seen == ["started:SIGTERM", "finished:1"]

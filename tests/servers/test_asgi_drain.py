@@ -1,7 +1,7 @@
 """GracefulLifespan under real ASGI servers, stopped by real signals.
 
 The behaviours run on uvicorn with its default loop (uvloop where installed); every other
-server and loop runs the same drain scenario in tests/test_servers_and_loops.py.
+server and loop runs the same drain scenario in tests/servers/test_servers_and_loops.py.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websocket_connect
 
 from graceful_web import EXIT_ABANDONED
-
-from .conftest import Server, StartServer, connect_refused, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import connect_refused
+from tests.support.servers import Server, StartServer
 
 PY = sys.executable
 APP = "tests.apps.asgi_app:app"
 
-# Every other server and loop: tests/test_servers_and_loops.py.
+# Every other server and loop: tests/servers/test_servers_and_loops.py.
 UVICORN = [PY, "-m", "uvicorn", APP, "--port", "{port}"]
 HYPERCORN = [PY, "-m", "hypercorn", APP, "--bind", "127.0.0.1:{port}", "--graceful-timeout", "10"]
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from ._stores import PostgresServer
+from tests.support.stores import PostgresServer
 
 
 async def test_postgres_answers_in_its_own_database_as_the_postgres_user(

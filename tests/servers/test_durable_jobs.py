@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from graceful_web.durable._sqlite import SCHEMA
-
-from ._stores import PostgresServer
-from .conftest import Server, StartServer, free_port, wait_until
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.servers import Server, StartServer
+from tests.support.stores import PostgresServer
 
 LOOP = os.environ.get("LOOP", "asyncio")
 
