@@ -33,7 +33,7 @@ import pytest
 from graceful_web.durable._sqlite import SCHEMA
 from tests.reload._workers import Workers
 from tests.support.polling import wait_until
-from tests.support.servers import StartServer
+from tests.support.servers import StartServer, whole_lines
 
 PY = sys.executable
 LOOP = os.environ.get("LOOP", "asyncio")
@@ -114,7 +114,7 @@ class Run:
 def read_runs(jobs_file: Path) -> list[Run]:
     runs: dict[tuple[str, int, int], Run] = {}
     if jobs_file.exists():
-        for line in jobs_file.read_text().splitlines():
+        for line in whole_lines(jobs_file):
             event, job_id, attempt, pid, at = line.split()
             key = (job_id, int(attempt), int(pid))
             if event == "start":

@@ -22,7 +22,7 @@ import pytest
 from graceful_web.durable._sqlite import SCHEMA
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
-from tests.support.servers import Server, StartServer
+from tests.support.servers import Server, StartServer, whole_lines
 from tests.support.stores import PostgresServer
 
 LOOP = os.environ.get("LOOP", "asyncio")
@@ -47,10 +47,8 @@ class Run:
 
 
 def runs(jobs_file: Path) -> list[Run]:
-    if not jobs_file.exists():
-        return []
     parsed = []
-    for line in jobs_file.read_text().splitlines():
+    for line in whole_lines(jobs_file):
         event, job_id, attempt, pid, at = line.split()
         parsed.append(Run(event, job_id, int(attempt), int(pid), float(at)))
     return parsed

@@ -57,14 +57,11 @@ class Server:
         wait_until(lambda: text in self.log(), timeout, f"{text!r} in the server log")
 
     def jobs(self) -> list[str]:
-        if not self.jobs_file.exists():
-            return []
-        return self.jobs_file.read_text().splitlines()
+        return whole_lines(self.jobs_file)
 
     def events(self) -> list[str]:
         """Lines a test app records besides finished jobs (JOBS_FILE.events)."""
-        path = self.jobs_file.with_name(self.jobs_file.name + ".events")
-        return path.read_text().splitlines() if path.exists() else []
+        return whole_lines(self.jobs_file.with_name(self.jobs_file.name + ".events"))
 
     def stats(self) -> dict[str, int]:
         response = httpx.get(f"{self.url}/_stats", timeout=5)
@@ -133,3 +130,10 @@ class Servers:
     def stop_all(self) -> None:
         for proc in self.started:
             stop(proc)
+
+
+def whole_lines(path: Path) -> list[str]:
+    """The lines a server has appended to ``path`` so far, each whole: a poll may read the file
+    while a line is being appended."""
+    text = path.read_text() if path.exists() else ""
+    return text[: text.rfind("\n") + 1].splitlines()
