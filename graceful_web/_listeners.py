@@ -163,11 +163,15 @@ LISTENERS_WATCH = 10.0
 LISTENERS_POLL = 0.1
 
 
-def reuse_port_listeners() -> list[str]:
+def reuse_port_listeners(connected: set[str] | None = None) -> list[str]:
     """The addresses this process listens on with ``SO_REUSEPORT`` (read from its open
-    files: servers do not say how they bound their sockets)."""
+    files: servers do not say how they bound their sockets). ``connected``, kept from one call
+    to the next, holds the sockets found connected: they never listen, and are passed by
+    unasked (a server under load holds many, and this is asked every ``LISTENERS_POLL``)."""
     found: set[str] = set()
-    for fd in _sockets("self"):
+    for fd, link in _sockets("self").items():
+        if connected is not None and link in connected:
+            continue
         sock = _borrowed(fd)
         if sock is None:
             continue
@@ -176,11 +180,21 @@ def reuse_port_listeners() -> list[str]:
                 listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
             except OSError:
                 continue
+            if not listening and connected is not None and _has_peer(sock):
+                connected.add(link)
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)
             if listening and inet and _reuse_port(sock):
                 host, port = sock.getsockname()[:2]
                 found.add(f"{host}:{port}")
     return sorted(found)
+
+
+def _has_peer(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 def migrates_requests() -> bool | None:
@@ -199,7 +213,8 @@ async def warn_if_reuse_port_resets() -> None:
     if _warned_reuse_port or migrates_requests() is not False:
         return
     give_up = time.monotonic() + LISTENERS_WATCH
-    while not (addresses := reuse_port_listeners()):
+    connected: set[str] = set()
+    while not (addresses := reuse_port_listeners(connected)):
         if time.monotonic() > give_up:
             return
         await anyio.sleep(LISTENERS_POLL)  # under trio too (hypercorn's trio worker)
