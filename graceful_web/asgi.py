@@ -211,25 +211,27 @@ class GracefulLifespan:
             # trio: cancelling the request means cancelling a scope around it.
             with anyio.CancelScope() as request_scope:
                 work = drain.request_started(_request_name(scope), request_scope.cancel)
-                token = inside_protected.set(True)
                 try:
-                    await self.app(scope, receive, send_closing_when_draining)
-                except _Unrecorded:
-                    pass  # answered 503 in place of the app's response
+                    await self._protected(scope, receive, send_closing_when_draining)
                 finally:
-                    inside_protected.reset(token)
                     drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
+        try:
+            await self._protected(scope, receive, send_closing_when_draining)
+        finally:
+            if entered:
+                drain.exit_request(task)
+
+    async def _protected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app serving a registered request: what it starts is its follow-up work."""
         token = inside_protected.set(True)
         try:
-            await self.app(scope, receive, send_closing_when_draining)
+            await self.app(scope, receive, send)
         except _Unrecorded:
             pass  # answered 503 in place of the app's response
         finally:
             inside_protected.reset(token)
-            if entered:
-                drain.exit_request(task)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = current_drain()
