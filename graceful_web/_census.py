@@ -25,13 +25,25 @@ from typing import Any
 #: The adapters' request functions: code object → the local that holds the request's own
 #: object, and how to name the request from that object.
 _watched: dict[CodeType, tuple[str, Callable[[Any], str]]] = {}
+#: What a call of a watched function may await instead of serving a request (an ASGI
+#: adapter's lifespan and websockets): such a call is passed by.
+_apart: set[CodeType] = set()
 
 
-def watch(function: Callable[..., Any], source: str, name_of: Callable[[Any], str]) -> None:
+def watch(
+    function: Callable[..., Any],
+    source: str,
+    name_of: Callable[[Any], str],
+    *,
+    unless_awaiting: Callable[..., Any] | None = None,
+) -> None:
     """Requests are served inside ``function``, whose local ``source`` is the request's own
     object; ``name_of(that object)`` names the request. A suspended call of ``function`` must
-    be a request in flight: it sets ``started`` before its first ``await``."""
+    be a request in flight: it sets ``started`` before its first ``await``, unless it awaits
+    a call of ``unless_awaiting``, which serves no request (or serves it elsewhere)."""
     _watched[function.__code__] = (source, name_of)
+    if unless_awaiting is not None:
+        _apart.add(unless_awaiting.__code__)
 
 
 def requests_in_flight(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Any]:
@@ -103,24 +115,31 @@ def _watched_awaited(task: asyncio.Task[Any]) -> Any:
     while awaited is not None:
         kind = type(awaited)
         if kind is CoroutineType:
-            if awaited.cr_code in watched:
+            if awaited.cr_code in watched and not _serves_apart(awaited.cr_await):
                 return awaited
             awaited = awaited.cr_await
         elif kind is GeneratorType:
-            if awaited.gi_code in watched:
+            if awaited.gi_code in watched and not _serves_apart(awaited.gi_yieldfrom):
                 return awaited
             awaited = awaited.gi_yieldfrom
         else:  # a future (the end of the chain), or a coroutine of another make
             code = getattr(awaited, "cr_code", None)
-            if code is not None and code in watched:
+            inner = getattr(awaited, "cr_await", None)
+            if code is not None and code in watched and not _serves_apart(inner):
                 return awaited
-            awaited = getattr(awaited, "cr_await", None)
+            awaited = inner
     return None
 
 
+def _serves_apart(awaited: Any) -> bool:
+    """Whether a watched call awaiting ``awaited`` is passed by (see ``watch``)."""
+    return bool(_apart) and getattr(awaited, "cr_code", None) in _apart
+
+
 def _watched_on_stack() -> FrameType | None:
-    for frame in _stack():
-        if frame.f_code in _watched:
+    frames = list(_stack())
+    for frame, called in zip(frames, [*frames[1:], None], strict=True):
+        if frame.f_code in _watched and (called is None or called.f_code not in _apart):
             return frame
     return None
 

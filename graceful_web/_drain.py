@@ -20,6 +20,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import anyio
@@ -265,25 +266,11 @@ class Drain:
     def requests_in_flight(self) -> int:
         return self.work.requests_in_flight()
 
-    @property
-    def jobs_in_flight(self) -> int:
-        return self.work.jobs
-
-    @property
-    def drained_requests(self) -> int:
-        return self.work.drained_requests
-
-    @property
-    def drained_jobs(self) -> int:
-        return self.work.drained_jobs
-
-    @property
-    def refused_jobs(self) -> int:
-        return self.work.refused_jobs
-
-    @property
-    def _work(self) -> set[Work]:
-        return self.work.work
+    jobs_in_flight = property(attrgetter("work.jobs"))
+    drained_requests = property(attrgetter("work.drained_requests"))
+    drained_jobs = property(attrgetter("work.drained_jobs"))
+    refused_jobs = property(attrgetter("work.refused_jobs"))
+    _work = property(attrgetter("work.work"))
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
         return self.work.spawn(coro, name=name)

@@ -31,6 +31,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +159,30 @@ async def answer_idle_connections(idle: Callable[[], int], grace: float) -> None
 _warned_reuse_port = False
 
 #: How long after startup the process's listening sockets are looked for (servers bind them
-#: after the application's startup), and how often.
+#: after the application's startup), and how often: until the process listens, then less
+#: often (a server binds its listeners together; each look reads every open socket).
 LISTENERS_WATCH = 10.0
 LISTENERS_POLL = 0.1
+LISTENERS_BOUND_POLL = 1.0
 
 
-def reuse_port_listeners() -> list[str]:
+@dataclass
+class Looked:
+    """What looking at the process's sockets found, kept from one look to the next."""
+
+    #: Connected sockets (each ``socket:[inode]``): they never listen, and are not asked again.
+    connected: set[str] = field(default_factory=set)
+    #: Whether an internet socket listens: the server has bound its listeners.
+    listening: bool = False
+
+
+def reuse_port_listeners(looked: Looked | None = None) -> list[str]:
     """The addresses this process listens on with ``SO_REUSEPORT`` (read from its open
     files: servers do not say how they bound their sockets)."""
     found: set[str] = set()
-    for fd in _sockets("self"):
+    for fd, link in _sockets("self").items():
+        if looked is not None and link in looked.connected:
+            continue
         sock = _borrowed(fd)
         if sock is None:
             continue
@@ -176,11 +191,23 @@ def reuse_port_listeners() -> list[str]:
                 listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
             except OSError:
                 continue
+            if not listening and looked is not None and _has_peer(sock):
+                looked.connected.add(link)
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            if listening and inet and looked is not None:
+                looked.listening = True
             if listening and inet and _reuse_port(sock):
                 host, port = sock.getsockname()[:2]
                 found.add(f"{host}:{port}")
     return sorted(found)
+
+
+def _has_peer(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 def migrates_requests() -> bool | None:
@@ -199,10 +226,12 @@ async def warn_if_reuse_port_resets() -> None:
     if _warned_reuse_port or migrates_requests() is not False:
         return
     give_up = time.monotonic() + LISTENERS_WATCH
-    while not (addresses := reuse_port_listeners()):
+    looked = Looked()
+    while not (addresses := reuse_port_listeners(looked)):
         if time.monotonic() > give_up:
             return
-        await anyio.sleep(LISTENERS_POLL)  # under trio too (hypercorn's trio worker)
+        # anyio: under trio too (hypercorn's trio worker)
+        await anyio.sleep(LISTENERS_BOUND_POLL if looked.listening else LISTENERS_POLL)
     if _warned_reuse_port:
         return
     _warned_reuse_port = True

@@ -1,12 +1,10 @@
-"""The registry of protected work of one event loop: requests and jobs in flight, how each is
-cancelled, and what finished, failed or was refused.
+"""The registry of protected work of one event loop: what may start, how requests and jobs
+enter and leave, and how what is left is cancelled at the deadline. What is in flight and
+what became of it are counted by the ledger it extends (``_in_flight``).
 
 It knows nothing of phases beyond one question, asked of every new piece of work: may I admit
 this? While open, everything is admitted; once the drain has closed it, only follow-up work
 (started from inside a request or job still in flight) while the drain says it is welcome.
-
-While open it holds as little as it can: nothing for a request (``_requests``), one dict entry
-for an asyncio job (``_jobs``).
 """
 
 from __future__ import annotations
@@ -15,16 +13,12 @@ import asyncio
 import contextvars
 import time
 import types
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-import anyio
-
-from . import _census, _trio_jobs
-from ._jobs import Jobs
+from . import _trio_jobs
+from ._in_flight import InFlight
 from ._report import AbandonedWork, WorkKind, log_abandoned, log_handed_over, log_job_failed
-from ._requests import Requests
 from ._work import ShutdownInProgress, Work, inside_protected
 
 T = TypeVar("T")
@@ -41,91 +35,17 @@ _Coroutine = types.CoroutineType  # checked first: asyncio.iscoroutine is a call
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
 
 
-class Registry:
-    """The protected work of one event loop."""
+class Registry(InFlight):
+    """The protected work of one event loop: what is admitted, how it enters and leaves, and
+    how it is cut at the deadline."""
 
     def __init__(self, follow_ups_welcome: Callable[[], bool]) -> None:
-        self.open = True  # closed by the drain as it begins
+        super().__init__()
         self.closed_by = ""  # why it was closed, for the refusal's message
-        # The loop whose work this is (weakly: the drains are kept by their loop).
-        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._follow_ups_welcome = follow_ups_welcome
-        # Requests once closed (or registered by hand), protected futures, trio jobs.
-        self.work: set[Work] = set()
-        self._hand_requests = 0  # noted while open, or Work
-        self._work_jobs = 0
-        self._requests = Requests()
-        self._jobs = Jobs(self._job_finished)
-        self.drained_requests = 0
-        self.drained_jobs = 0
-        self.failed_jobs = 0
-        self.refused_jobs = 0
-        self._abandoned: set[Work] = set()
         # Jobs whose cancellation hands their record over to a successor (durable jobs): at
         # the deadline they are reported apart from the abandoned.
         self.hands_over: set[asyncio.Task[Any]] = set()
-        self._idle_waiters: list[Callable[[], None]] = []
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
-        return None if self._loop is None else self._loop()
-
-    @loop.setter
-    def loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)
-
-    # -- what is in flight ---------------------------------------------------------------
-
-    @property
-    def requests(self) -> int:
-        return self._hand_requests + len(self._requests.learnt)
-
-    @property
-    def jobs(self) -> int:
-        return len(self._jobs.tasks) + self._work_jobs
-
-    @property
-    def any_left(self) -> bool:
-        return bool(self.work or self._jobs.tasks or self._requests.learnt)
-
-    def requests_in_flight(self) -> int:
-        """While open the requests in flight are counted from the loop's tasks."""
-        loop = self.loop
-        if self.open and loop is not None:
-            return self.requests + _census.count(loop)
-        return self.requests
-
-    def is_job(self, task: asyncio.Task[Any] | None) -> bool:
-        """Whether ``task`` is a protected asyncio job in flight."""
-        return task in self._jobs.tasks
-
-    def protected_futures(self) -> set[asyncio.Future[Any]]:
-        """The tasks and futures of the protected jobs in flight."""
-        futures: set[asyncio.Future[Any]] = set(self._jobs.tasks)
-        futures.update(work.future for work in self.work if work.future is not None)
-        return futures
-
-    def oldest(self) -> tuple[WorkKind, str, float] | None:
-        """Kind, name and start of the oldest piece of work in flight."""
-        candidates: list[tuple[WorkKind, str, float]] = []
-        request = self._requests.oldest()
-        if request is not None:
-            candidates.append(("request", *request))
-        job = self._jobs.oldest()
-        if job is not None:
-            candidates.append(("job", *job))
-        work = min(self.work, key=lambda work: work.started, default=None)
-        if work is not None:
-            candidates.append((work.kind, work.name, work.started))
-        if not candidates:
-            return None
-        return min(candidates, key=lambda candidate: candidate[2])
-
-    def names(self) -> str:
-        """What is in flight, for the watchdog's last line."""
-        named = [f"{work.kind} {work.name!r}" for work in tuple(self.work)]
-        named += [f"request {name!r}" for name in self._requests.names()]
-        return ", ".join(named + [f"job {name!r}" for name in self._jobs.names()])
 
     # -- admission -----------------------------------------------------------------------
 
@@ -205,40 +125,6 @@ class Registry:
         work = Work("request", name, cancel)
         self.add(work)
         return work
-
-    # -- adding and removing -------------------------------------------------------------
-
-    def add(self, work: Work) -> None:
-        self.work.add(work)
-        if work.kind == "request":
-            self._hand_requests += 1
-        else:
-            self._work_jobs += 1
-
-    def discard(self, work: Work, *, failed: bool = False) -> None:
-        if work not in self.work:
-            return
-        self.work.remove(work)
-        counted = not self.open and work not in self._abandoned
-        if work.kind == "request":
-            self._hand_requests -= 1
-            self.drained_requests += counted
-        else:
-            self._work_jobs -= 1
-            self._count_job(counted, failed)
-        if not self.any_left:
-            self.wake_idle_waiters()
-
-    def _job_finished(self, failed: bool, abandoned: bool) -> None:
-        self._count_job(not self.open and not abandoned, failed)
-        if not self._jobs.tasks and not self.work:
-            self.wake_idle_waiters()
-
-    def _count_job(self, counted: bool, failed: bool) -> None:
-        if counted:
-            # A job that failed still finished within the drain; it is counted in both.
-            self.drained_jobs += 1
-            self.failed_jobs += failed
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -354,20 +240,3 @@ class Registry:
                 log_abandoned(entry)
             what.cancel()
         return entries, handed_over
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no protected work is left; False when the timeout came first."""
-        if not self.any_left:
-            return True
-        event = anyio.Event()
-        self._idle_waiters.append(event.set)
-        with anyio.move_on_after(timeout):
-            await event.wait()
-        return not self.any_left
-
-    def wake_idle_waiters(self) -> None:
-        if not self._idle_waiters:
-            return  # the usual case while serving: no new list for every request
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for wake in waiters:
-            wake()

@@ -16,6 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable
+from types import MethodType
 from typing import Any, Unpack
 
 import anyio
@@ -81,18 +82,43 @@ class GracefulLifespan:
         return f"GracefulLifespan({self.app!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self._serve_plainly
+            or not process.serving
+            or scope["path"] == self._readiness_path
+        ) and await self._uncommon(scope, receive, send):
+            return
+        # Serving: nothing is registered, and nothing is awaited before the app. Should the
+        # drain begin while the app runs, it finds this request by this call (_census), named
+        # from ``scope``, aged from ``started``.
+        started = _monotonic()  # noqa: F841  (read from this frame by _census)
+        try:
+            # Starlette/FastAPI background tasks run inside this call, after the response:
+            # they are protected for as long as the request is.
+            await self.app(
+                scope,
+                receive,
+                _bind(_send_closing_when_draining, send)
+                if not _durable_jobs
+                else _recorded_and_closing(send, _records_of_request()),
+            )
+        except _Unrecorded:
+            pass  # answered 503 in place of the app's response
+        finally:
+            if not process.serving:
+                request_done()
+
+    async def _uncommon(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Everything but a request served plainly; False for an HTTP request that is to be
+        served plainly after all (a server without lifespan, or a process that drained
+        another event loop's work already). (A call of ``__call__`` awaiting this one serves
+        no request: _census passes it by.)"""
         scope_type = scope["type"]
         if scope_type == "http":
-            if (
-                self._serve_plainly
-                and process.serving
-                and scope["path"] != self._readiness_path
-            ):
-                await self._served(scope, receive, send)
-                return
             if not self._lifespan_started:
                 self._warn_without_lifespan()
-            await self._http_uncommon(scope, receive, send)
+            return await self._http_uncommon(scope, receive, send)
         elif scope_type == "websocket":
             if not self._lifespan_started:
                 self._warn_without_lifespan()
@@ -109,6 +135,7 @@ class GracefulLifespan:
             ).run()
         else:
             await self.app(scope, receive, send)
+        return True
 
     def _note_lifespan(self) -> None:
         self._lifespan_started = True
@@ -129,43 +156,15 @@ class GracefulLifespan:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def _http_uncommon(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http_uncommon(self, scope: Scope, receive: Receive, send: Send) -> bool:
         drain = current_drain()
         if scope["path"] == self._readiness_path:
             await _answer_readiness(drain, send)
         elif drain.draining or _running_loop() is None:
             await self._http_registered(drain, scope, receive, send)
         else:
-            await self._served(scope, receive, send)
-
-    async def _served(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Serving: nothing is registered. Should the drain begin while the app runs, it finds
-        # this request by this call (_census), named from ``scope``, aged from ``started``.
-        started = _monotonic()  # noqa: F841  (read from this frame by _census)
-        records = _records_of_request() if _durable_jobs else None
-
-        def send_closing_when_draining(message: Message) -> Awaitable[None]:
-            if records:
-                return _send_once_recorded(send, message, records)
-            # Once draining, the connection must not be reused: the client's next request
-            # goes to another instance instead of to a closing socket.
-            if (
-                not process.serving
-                and message["type"] == "http.response.start"
-                and current_drain().draining
-            ):
-                message = _with_connection_close(message)
-            return send(message)
-
-        try:
-            # Starlette/FastAPI background tasks run inside this call, after the response:
-            # they are protected for as long as the request is.
-            await self.app(scope, receive, send_closing_when_draining)
-        except _Unrecorded:
-            pass  # answered 503 in place of the app's response
-        finally:
-            if not process.serving:
-                request_done()
+            return False  # served plainly, as the server's lifespan would have let it be
+        return True
 
     async def _http_registered(
         self, drain: Drain, scope: Scope, receive: Receive, send: Send
@@ -188,25 +187,27 @@ class GracefulLifespan:
             # trio: cancelling the request means cancelling a scope around it.
             with anyio.CancelScope() as request_scope:
                 work = drain.request_started(_request_name(scope), request_scope.cancel)
-                token = inside_protected.set(True)
                 try:
-                    await self.app(scope, receive, send_closing_when_draining)
-                except _Unrecorded:
-                    pass  # answered 503 in place of the app's response
+                    await self._protected(scope, receive, send_closing_when_draining)
                 finally:
-                    inside_protected.reset(token)
                     drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
+        try:
+            await self._protected(scope, receive, send_closing_when_draining)
+        finally:
+            if entered:
+                drain.exit_request(task)
+
+    async def _protected(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app serving a registered request: what it starts is its follow-up work."""
         token = inside_protected.set(True)
         try:
-            await self.app(scope, receive, send_closing_when_draining)
+            await self.app(scope, receive, send)
         except _Unrecorded:
             pass  # answered 503 in place of the app's response
         finally:
             inside_protected.reset(token)
-            if entered:
-                drain.exit_request(task)
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
@@ -220,9 +221,36 @@ def _request_name(scope: Scope) -> str:
     return f"{scope['method']} {scope['path']}"
 
 
+def _send_closing_when_draining(send: Send, message: Message) -> Awaitable[None]:
+    """The ``send`` a request served plainly is given, bound to the server's by ``_bind``: a
+    method object costs less to make than a closure, and one is made for every request."""
+    if process.serving:
+        return send(message)
+    # Once draining, the connection must not be reused: the client's next request goes to
+    # another instance instead of to a closing socket.
+    if message["type"] == "http.response.start" and current_drain().draining:
+        message = _with_connection_close(message)
+    return send(message)
+
+
+def _recorded_and_closing(send: Send, records: list[asyncio.Future[None]]) -> Send:
+    """``send`` for a request served plainly in a process with durable jobs: once the request
+    has spawned any, its response waits for their records."""
+
+    def send_recorded_and_closing(message: Message) -> Awaitable[None]:
+        if records:
+            return _send_once_recorded(send, message, records)
+        return _send_closing_when_draining(send, message)
+
+    return send_recorded_and_closing
+
+
 _monotonic = time.monotonic
+_bind = MethodType
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
-_census.watch(GracefulLifespan._served, "scope", _request_name)
+_census.watch(
+    GracefulLifespan.__call__, "scope", _request_name, unless_awaiting=GracefulLifespan._uncommon
+)
 
 
 _records_of_request = _durable.records_of_request
