@@ -200,12 +200,8 @@ class _GracefulMiddleware:
         # ``started``, and each line below then sees the process is no longer serving. (The
         # one await above, in the drain's own branch, comes after the census was taken.)
         started = _monotonic()  # noqa: F841  (read from this frame by _census)
-        records = _records_of_request() if _durable_jobs else None
         try:
-            response = await handler(request)
-            if records:
-                # Still inside: a drain that begins meanwhile waits for this request.
-                response = await _once_recorded(response, records)
+            response = await (_recorded(request, handler) if _durable_jobs else handler(request))
         except web.HTTPException as exc:
             if not process.serving and current_drain().draining:
                 exc.force_close()
@@ -230,11 +226,8 @@ async def _served_during_the_drain(
     assert task is not None
     entered = drain.enter_request(task, _request_name, request)
     token = inside_protected.set(True)
-    records = _records_of_request() if _durable_jobs else None
     try:
-        response = await handler(request)
-        if records:
-            response = await _once_recorded(response, records)
+        response = await (_recorded(request, handler) if _durable_jobs else handler(request))
     except web.HTTPException as exc:
         exc.force_close()
         raise
@@ -248,6 +241,14 @@ async def _served_during_the_drain(
 
 _records_of_request = _durable.records_of_request
 _durable_jobs = _durable.functions  # empty unless this process has durable jobs
+
+
+async def _recorded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """In a process with durable jobs: the handler's response, once the jobs it spawned are
+    recorded (a drain that begins meanwhile waits for this request)."""
+    records = _records_of_request()
+    response = await handler(request)
+    return await _once_recorded(response, records) if records else response
 
 
 async def _once_recorded(
