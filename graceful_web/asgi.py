@@ -15,7 +15,6 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
 from types import MethodType
 from typing import Any, Unpack
 
@@ -25,6 +24,14 @@ import anyio.abc
 from . import _census
 from . import durable as _durable
 from ._asgi_lifespan import ASGIApp, Lifespan, Message, Receive, Scope, Send
+from ._asgi_send import (
+    Unrecorded,
+    answer_readiness,
+    recorded_and_closing,
+    records_written,
+    send_closing_when_draining,
+    with_connection_close,
+)
 from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
@@ -34,14 +41,6 @@ from ._work import inside_protected
 __all__ = ["GracefulLifespan"]
 
 logger = logging.getLogger("graceful_web")
-
-
-_READY = b"ready\n"
-_DRAINING = b"draining\n"
-_READINESS_HEADERS = [
-    (b"content-type", b"text/plain; charset=utf-8"),
-    (b"cache-control", b"no-store"),
-]
 
 
 class GracefulLifespan:
@@ -99,11 +98,11 @@ class GracefulLifespan:
             await self.app(
                 scope,
                 receive,
-                _bind(_send_closing_when_draining, send)
+                _bind(send_closing_when_draining, send)
                 if not _durable_jobs
-                else _recorded_and_closing(send, _records_of_request()),
+                else recorded_and_closing(send, _records_of_request()),
             )
-        except _Unrecorded:
+        except Unrecorded:
             pass  # answered 503 in place of the app's response
         finally:
             if not process.serving:
@@ -159,7 +158,7 @@ class GracefulLifespan:
     async def _http_uncommon(self, scope: Scope, receive: Receive, send: Send) -> bool:
         drain = current_drain()
         if scope["path"] == self._readiness_path:
-            await _answer_readiness(drain, send)
+            await answer_readiness(drain, send)
         elif drain.draining or _running_loop() is None:
             await self._http_registered(drain, scope, receive, send)
         else:
@@ -176,10 +175,10 @@ class GracefulLifespan:
 
         async def send_closing_when_draining(message: Message) -> None:
             if message["type"] == "http.response.start":
-                if records and not await _records_written(send, records):
-                    raise _Unrecorded
+                if records and not await records_written(send, records):
+                    raise Unrecorded
                 if drain.draining:
-                    message = _with_connection_close(message)
+                    message = with_connection_close(message)
             await send(message)
 
         task = _current_asyncio_task()
@@ -204,7 +203,7 @@ class GracefulLifespan:
         token = inside_protected.set(True)
         try:
             await self.app(scope, receive, send)
-        except _Unrecorded:
+        except Unrecorded:
             pass  # answered 503 in place of the app's response
         finally:
             inside_protected.reset(token)
@@ -221,30 +220,6 @@ def _request_name(scope: Scope) -> str:
     return f"{scope['method']} {scope['path']}"
 
 
-def _send_closing_when_draining(send: Send, message: Message) -> Awaitable[None]:
-    """The ``send`` a request served plainly is given, bound to the server's by ``_bind``: a
-    method object costs less to make than a closure, and one is made for every request."""
-    if process.serving:
-        return send(message)
-    # Once draining, the connection must not be reused: the client's next request goes to
-    # another instance instead of to a closing socket.
-    if message["type"] == "http.response.start" and current_drain().draining:
-        message = _with_connection_close(message)
-    return send(message)
-
-
-def _recorded_and_closing(send: Send, records: list[asyncio.Future[None]]) -> Send:
-    """``send`` for a request served plainly in a process with durable jobs: once the request
-    has spawned any, its response waits for their records."""
-
-    def send_recorded_and_closing(message: Message) -> Awaitable[None]:
-        if records:
-            return _send_once_recorded(send, message, records)
-        return _send_closing_when_draining(send, message)
-
-    return send_recorded_and_closing
-
-
 _monotonic = time.monotonic
 _bind = MethodType
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, under trio
@@ -255,71 +230,6 @@ _census.watch(
 
 _records_of_request = _durable.records_of_request
 _durable_jobs = _durable.functions  # empty unless this process has durable jobs
-
-_UNRECORDED = _durable.UNRECORDED_TEXT.encode()
-_UNRECORDED_HEADERS = [
-    (name.lower().encode(), value.encode()) for name, value in _durable.UNRECORDED_HEADERS.items()
-]
-
-
-async def _records_written(send: Send, records: list[asyncio.Future[None]]) -> bool:
-    """Before a response leaves: the durable jobs its request spawned are recorded. When they
-    could not be, they were not accepted: answer 503 in place of the app's response (False)."""
-    if not await _durable.written(records):
-        await send(
-            {
-                "type": "http.response.start",
-                "status": _durable.UNRECORDED_STATUS,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(_UNRECORDED)).encode()),
-                    *_UNRECORDED_HEADERS,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _UNRECORDED})
-        return False
-    return True
-
-
-class _Unrecorded(Exception):
-    """The jobs a request spawned could not be recorded: 503 went out in place of the app's
-    response, and the app's own response stops here."""
-
-
-async def _send_once_recorded(
-    send: Send, message: Message, records: list[asyncio.Future[None]]
-) -> None:
-    if message["type"] == "http.response.start":
-        if not await _records_written(send, records):
-            raise _Unrecorded
-        if not process.serving and current_drain().draining:
-            message = _with_connection_close(message)
-    await send(message)
-
-
-def _with_connection_close(message: Message) -> Message:
-    headers = [
-        (name, value)
-        for name, value in message.get("headers", ())
-        if name.lower() != b"connection"
-    ]
-    headers.append((b"connection", b"close"))
-    return {**message, "headers": headers}
-
-
-async def _answer_readiness(drain: Drain, send: Send) -> None:
-    # Says ready or not ready, nothing more: the path is reachable by anyone.
-    draining = drain.draining
-    body = _DRAINING if draining else _READY
-    headers = [*_READINESS_HEADERS, (b"content-length", str(len(body)).encode())]
-    if draining:
-        headers.append((b"connection", b"close"))
-    await send(
-        {"type": "http.response.start", "status": 503 if draining else 200, "headers": headers}
-    )
-    await send({"type": "http.response.body", "body": body})
-
 
 def _check_asgi3(app: object) -> None:
     what_to_do = "pass the ASGI 3 application itself, an async callable app(scope, receive, send)"
