@@ -33,6 +33,7 @@ from rich.text import Text
 
 from tests.support.polling import poll
 from tests.support.ports import free_port
+from tests.support.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -541,15 +542,6 @@ def show(console: Console, runs: list[Run]) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a child we started, by its PID (it leads a process group of its own)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
 
 
 #: Each service runs with graceful_web and, at the same time, without it (GRACEFUL=0).
