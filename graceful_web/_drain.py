@@ -20,8 +20,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -44,6 +43,18 @@ from ._work import Work
 logger = logging.getLogger("graceful_web")
 
 T = TypeVar("T")
+
+
+class _OfRegistry(Generic[T]):
+    """A figure of the drain's registry, read through the drain (typed, unlike a bare
+    ``property(attrgetter(...))``)."""
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+
+    def __get__(self, drain: Drain, owner: type[Drain] | None = None) -> T:
+        value: T = getattr(drain.work, self.attribute)
+        return value
 
 
 class ProcessState:
@@ -266,11 +277,11 @@ class Drain:
     def requests_in_flight(self) -> int:
         return self.work.requests_in_flight()
 
-    jobs_in_flight = property(attrgetter("work.jobs"))
-    drained_requests = property(attrgetter("work.drained_requests"))
-    drained_jobs = property(attrgetter("work.drained_jobs"))
-    refused_jobs = property(attrgetter("work.refused_jobs"))
-    _work = property(attrgetter("work.work"))
+    jobs_in_flight = _OfRegistry[int]("jobs")
+    drained_requests = _OfRegistry[int]("drained_requests")
+    drained_jobs = _OfRegistry[int]("drained_jobs")
+    refused_jobs = _OfRegistry[int]("refused_jobs")
+    _work = _OfRegistry[set[Work]]("work")
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
         return self.work.spawn(coro, name=name)
