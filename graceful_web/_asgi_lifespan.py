@@ -197,7 +197,7 @@ class Lifespan:
 
     def _exit_if_work_was_lost(self) -> None:
         report = self.report
-        if report is None or self.sequence is None or not self.sequence.signalled:
+        if report is None or self.sequence is None or not self._signalled():
             return
         if report.exit_code == 0:
             end_clean_drain(self.sequence.server)

@@ -46,9 +46,6 @@ class Connections:
     #: How many connections have no request in progress; None when that cannot be read (then
     #: there is no grace: the server closes them as it stops).
     idle: Callable[[], int | None]
-    #: Accept what waits in the listeners' queue before closing them (False where the server
-    #: would not answer them here, leaving them to other workers on a shared socket).
-    accept_queued: bool = True
     #: Run once the listeners are closed (aiohttp takes its closed sites out of its runner).
     after_close: Callable[[], Awaitable[None]] | None = None
 
@@ -89,7 +86,6 @@ class StopSequence:
         self.installed: _signals.Installed | None = None
         self.signalled = False  # the drain was started by a stop signal (or the server's stop)
         self.server_told = False
-        self.closing: asyncio.Task[None] | None = None
 
     def install(self, signals: Iterable[signal.Signals]) -> None:
         """Put the sequence in front of the server's own handlers for ``signals``."""
@@ -135,18 +131,14 @@ class StopSequence:
         if connections is None:
             self._tell_server(sig)
             return
-        self.closing = asyncio.get_running_loop().create_task(
-            self._close_then_stop(sig, connections)
-        )
+        _spawn(self._close_then_stop, sig, connections)
 
     async def _close_then_stop(self, sig: signal.Signals, connections: Connections) -> None:
         """Close the listeners now, answer what was already accepted and what idle keep-alive
         clients send within the grace, then let the server stop as it does, closing what is
         left."""
         try:
-            await _listeners.close_listeners(
-                connections.listeners, accept_queued=connections.accept_queued
-            )
+            await _listeners.close_listeners(connections.listeners)
             if connections.after_close is not None:
                 await connections.after_close()
             if connections.idle() is not None:
