@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test test-portable lint bench matrix test-docker test-swarm test-pythons test-lowest soak clean \
-	docs release-check test-reload reload-table restart-table
+	docs release-check test-reload reload-table restart-table long-lived-table
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,17 @@ matrix: $(STAMP)
 	GRACEFUL_MATRIX_FIGURES=$(CURDIR)/.matrix-figures.jsonl $(PY) -m pytest -q -p no:cacheprovider \
 		tests/servers/test_servers_and_loops.py -k "drains_on_its_loop"
 	$(PY) -m tests._matrix_table .matrix-figures.jsonl
+
+# Every server stopped with websockets, event feeds, finishing streams, long polls and jobs open,
+# with graceful_web and bare; writes the tables of docs/long-lived.md from what was recorded even
+# when a test failed (a run records its figures before its checks), and the README's restart
+# table, then fails as the tests did.
+long-lived-table: $(STAMP)
+	rm -f .long-lived-figures.jsonl
+	GRACEFUL_LONG_LIVED_FIGURES=$(CURDIR)/.long-lived-figures.jsonl $(PY) -m pytest -q \
+		-p no:cacheprovider tests/servers/test_long_lived_matrix.py; status=$$?; \
+		$(PY) -m tests._long_lived_table .long-lived-figures.jsonl && $(PY) -m tests._restart_table \
+		&& exit $$status
 
 # Reloads on one host (tests/reload): every multi-worker server reloaded twice by its own reload
 # signal under load, with graceful_web and bare (GRACEFUL=0), as real processes on 127.0.0.1;

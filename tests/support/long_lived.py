@@ -37,11 +37,14 @@ class Load:
 
 @dataclass
 class Ended:
-    """How one connection ended: ``how`` (a close code, "clean", "cut: <error>", "complete",
-    "incomplete"), seconds after the signal (None: still open when the harness gave up)."""
+    """How one connection ended: ``how`` (a websocket's close code, 1006 when none came; a
+    feed "clean" or "cut"; a finishing stream "complete" or "incomplete"; a long poll its
+    status or "cut"; "never ended", "failed"), seconds after the signal (None: still open when
+    the harness gave up)."""
 
     how: str
     after: float | None
+    error: str = ""  # what the client raised, when it did
 
 
 @dataclass
@@ -111,10 +114,7 @@ async def _stream(client: httpx.AsyncClient, url: str, opened: asyncio.Queue[Non
     except httpx.HTTPError as exc:
         if not body:
             opened.put_nowait(None)
-        how = f"cut: {type(exc).__name__}"
-        if finishing:
-            how = "incomplete"
-        return Ended(how, clock.since_signal())
+        return Ended("incomplete" if finishing else "cut", clock.since_signal(), repr(exc))
     if finishing:
         return Ended("complete" if body.endswith(b"data: [DONE]\n\n") else "incomplete",
                      clock.since_signal())  # fmt: skip
@@ -125,7 +125,7 @@ async def _poll(client: httpx.AsyncClient, url: str, clock: _Clock) -> Ended:
     try:
         response = await client.get(url)
     except httpx.HTTPError as exc:
-        return Ended(f"cut: {type(exc).__name__}", clock.since_signal())
+        return Ended("cut", clock.since_signal(), repr(exc))
     return Ended(str(response.status_code), clock.since_signal())
 
 
@@ -212,7 +212,7 @@ async def _results(tasks: list[asyncio.Task[Ended]]) -> list[Ended]:
         if task in pending:
             results.append(Ended("never ended", None))
         elif task.exception() is not None:
-            results.append(Ended(f"error: {type(task.exception()).__name__}", None))
+            results.append(Ended("failed", None, repr(task.exception())))
         else:
             results.append(task.result())
     return results
