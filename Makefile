@@ -138,7 +138,7 @@ reload-table: $(STAMP)
 
 # The README's one table, what a restart loses bare and with graceful_web: summed from the
 # figures the docs pages hold (make demo, make test-docker, make test-swarm, make reload-table,
-# make bench). tests/test_docs_examples.py fails when it no longer matches them.
+# make long-lived-table, make bench). tests/test_docs_examples.py fails when it no longer matches them.
 restart-table: | $(PY)
 	$(PY) -m tests._restart_table
 

@@ -2,8 +2,8 @@
 graceful_web, added up from the measured tables on the docs pages.
 
 Each figure lives on its page, written there by its own run (``make demo``, ``make test-docker``,
-``make test-swarm``, ``make reload-table``, ``make bench``); this table only sums them, one row a
-kind of restart. It goes between ``<!-- restart-losses:begin -->`` and
+``make test-swarm``, ``make reload-table``, ``make long-lived-table``, ``make bench``); this
+table only sums them, one row a kind of restart. It goes between ``<!-- restart-losses:begin -->`` and
 ``<!-- restart-losses:end -->`` of README.md. ``--check`` writes nothing and fails when the
 README's table is not the one the pages give.
 """
@@ -104,6 +104,13 @@ def reloads() -> Iterator[Run]:
         yield False, failed, sent, lost, accepted
 
 
+def long_lived() -> Iterator[Run]:
+    """docs/long-lived.md's summary: a connection cut or never ended counts as a failed request."""
+    for run, _, cut, lost in rows("long-lived.md", "| run | servers and loops | connections cut"):
+        (failed, sent), (jobs_lost, accepted) = ratio(cut), ratio(lost)
+        yield run == "with graceful_web", failed, sent, jobs_lost, accepted
+
+
 def in_flight() -> Iterator[Run]:
     """Section 5 of bench/results.md (docs/benchmarks.md includes it): a cell holds every run."""
     row = re.compile(r"\| \w+ (bare|\+ graceful_web) \| ([\d, ]+) \| ([\d, ]+) \|")
@@ -122,6 +129,9 @@ RESTARTS = [
      "([Docker Swarm](docs/swarm.md#what-make-test-swarm-measures))", swarm_update),
     ("two reloads (SIGHUP) under load, 2 workers, 6 servers and worker classes "
      "([reloads](docs/reloads.md#measured-two-reloads-under-load))", reloads),
+    ("SIGTERM with websockets, event feeds, answers over SSE and long polls open (a connection "
+     "cut counts as failed), every server ([long-lived connections]"
+     "(docs/long-lived.md#measured-every-server-with-graceful_web-and-bare))", long_lived),
     ("SIGTERM with 10 000 slow requests in flight, aiohttp and uvicorn, 3 runs each "
      "([benchmarks](docs/benchmarks.md#the-last-run))", in_flight),
 ]  # fmt: skip
