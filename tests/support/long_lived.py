@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,13 +86,39 @@ class _Clock:
         return round(time.monotonic() - self.signalled_at, 3)
 
 
-async def _websocket(session: aiohttp.ClientSession, url: str, opened: asyncio.Queue[None],
+Opened = Callable[[], None]
+
+
+def _once(queue: asyncio.Queue[None]) -> Opened:
+    """Tells the harness once that a connection is open (or failed to open)."""
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            queue.put_nowait(None)
+
+    return fire
+
+
+async def _guarded(connection: Awaitable[Ended], opened: Opened) -> Ended:
+    """A connection's end; one that failed (to open, or the client itself) says how."""
+    try:
+        return await connection
+    except Exception as exc:
+        return Ended("failed", None, repr(exc))
+    finally:
+        opened()
+
+
+async def _websocket(session: aiohttp.ClientSession, url: str, opened: Opened,
                      clock: _Clock) -> Ended:  # fmt: skip
     async with session.ws_connect(url, autoping=True, heartbeat=None) as ws:
         await ws.send_str("hello")
         reply = await ws.receive(timeout=10)
         assert reply.type == aiohttp.WSMsgType.TEXT and reply.data == "hello", reply
-        opened.put_nowait(None)
+        opened()
         while True:
             message = await ws.receive()
             if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
@@ -101,19 +128,17 @@ async def _websocket(session: aiohttp.ClientSession, url: str, opened: asyncio.Q
         return Ended(str(code), clock.since_signal())
 
 
-async def _stream(client: httpx.AsyncClient, url: str, opened: asyncio.Queue[None],
-                  clock: _Clock, finishing: bool) -> Ended:  # fmt: skip
+async def _stream(client: httpx.AsyncClient, url: str, opened: Opened, clock: _Clock,
+                  finishing: bool) -> Ended:  # fmt: skip
     body = b""
     try:
         async with client.stream("GET", url) as response:
-            assert response.status_code == 200, response.status_code
+            if response.status_code != 200:
+                return Ended(f"status {response.status_code}", clock.since_signal())
             async for chunk in response.aiter_bytes():
-                if not body:
-                    opened.put_nowait(None)
+                opened()
                 body += chunk
     except httpx.HTTPError as exc:
-        if not body:
-            opened.put_nowait(None)
         return Ended("incomplete" if finishing else "cut", clock.since_signal(), repr(exc))
     if finishing:
         return Ended("complete" if body.endswith(b"data: [DONE]\n\n") else "incomplete",
@@ -160,14 +185,19 @@ async def _hold_and_stop(server: Server, load: Load) -> Outcome:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with aiohttp.ClientSession() as session, \
             httpx.AsyncClient(timeout=timeout, limits=limits) as client:  # fmt: skip
+
+        def start(open_one: Callable[[Opened], Awaitable[Ended]]) -> asyncio.Task[Ended]:
+            once = _once(opened)
+            return asyncio.create_task(_guarded(open_one(once), once))
+
         polls = [asyncio.create_task(_poll(client, f"{base}/poll", clock))
                  for _ in range(load.polls)]  # fmt: skip
-        websockets = [asyncio.create_task(_websocket(session, ws_url, opened, clock))
+        websockets = [start(lambda once: _websocket(session, ws_url, once, clock))
                       for _ in range(load.websockets)]  # fmt: skip
-        feeds = [asyncio.create_task(_stream(client, f"{base}/feed", opened, clock, False))
+        feeds = [start(lambda once: _stream(client, f"{base}/feed", once, clock, False))
                  for _ in range(load.feeds)]  # fmt: skip
         await _wait_count(opened, load.websockets + load.feeds, "websockets and feeds to open")
-        finishing = [asyncio.create_task(_stream(client, f"{base}/answer", opened, clock, True))
+        finishing = [start(lambda once: _stream(client, f"{base}/answer", once, clock, True))
                      for _ in range(load.finishing)]  # fmt: skip
         await _wait_count(opened, load.finishing, "the finishing streams' first tokens")
         await _wait_polls(server, load.polls)
