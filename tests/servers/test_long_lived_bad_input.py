@@ -1,8 +1,9 @@
 """Long-lived connections that misbehave, on either adapter (uvicorn and aiohttp run_app): a
 websocket handler that ignores the close, a feed that keeps writing to its ended stream, a
 client that never reads its download, and a websocket client that never answers the close
-handshake. Each ends by the deadline with one clear log line and no traceback; a job in flight
-beside it still finishes, and the process exits within the deadline + 1 s.
+handshake. Each ends by the deadline with at most one clear log line about it and no traceback;
+a job in flight beside it still finishes, and the process exits within the deadline + 1 s: with
+0 when the connection was ended politely, with 75 when the deadline had to cut it.
 
 The routes are tests/apps/_longlived_bad.py's, on tests/apps/longlived_asgi.py and
 tests/apps/longlived_aiohttp.py.
@@ -59,8 +60,10 @@ def _assert_ended_by_the_deadline(server: Server, exited_after: float) -> None:
     assert "Traceback" not in log, log
 
 
-def _problems(log: str) -> list[str]:
-    return [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+def _lines_about(server: Server, path: str) -> list[str]:
+    """The warnings and errors of the log that name ``path``: one, clear, or none at all."""
+    return [line for line in server.log().splitlines()
+            if path in line and ("WARNING" in line or "ERROR" in line)]  # fmt: skip
 
 
 @contextmanager
@@ -89,7 +92,8 @@ def test_a_websocket_handler_that_ignores_the_close(server: Server) -> None:
             ws.recv(timeout=5)
     assert ws.close_code == 1012
     _assert_ended_by_the_deadline(server, exited_after)
-    assert len(_problems(server.log())) <= 1, _problems(server.log())
+    assert len(_lines_about(server, "/bad/deaf-ws")) == 1, server.log()  # cancelled, it says
+    assert server.proc.returncode == 0
 
 
 def test_a_feed_that_keeps_writing_to_its_ended_stream(server: Server) -> None:
@@ -99,10 +103,18 @@ def test_a_feed_that_keeps_writing_to_its_ended_stream(server: Server) -> None:
         exited_after = _stop_with_a_job(server)
         b"".join(chunks)  # the body's proper end: a cut would raise here
     _assert_ended_by_the_deadline(server, exited_after)
-    assert len(_problems(server.log())) <= 1, _problems(server.log())
+    assert len(_lines_about(server, "/bad/stubborn-feed")) <= 1, server.log()  # not a line a write
+    assert server.proc.returncode == 0
 
 
-def test_a_client_that_never_reads_its_download(server: Server) -> None:
+def test_a_client_that_never_reads_its_download(
+    server: Server, request: pytest.FixtureRequest
+) -> None:
+    if "uvicorn" in request.node.name:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "uvicorn logs 'Exception in ASGI application' with the CancelledError's traceback "
+            "(from Starlette's listen_for_disconnect) when the deadline cuts the download, "
+            "after graceful_web's one 'abandoned request' line")))  # fmt: skip
     with closing(socket.socket()) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
@@ -110,11 +122,13 @@ def test_a_client_that_never_reads_its_download(server: Server) -> None:
         assert sock.recv(16).startswith(b"HTTP/1.1 200")  # then nothing more is read
         exited_after = _stop_with_a_job(server)
     _assert_ended_by_the_deadline(server, exited_after)
-    assert len(_problems(server.log())) == 1, server.log()
+    assert len(_lines_about(server, "/bad/download")) == 1, server.log()  # abandoned, it says
+    assert server.proc.returncode == 75
 
 
 def test_a_websocket_client_that_never_answers_the_close(server: Server) -> None:
     with _raw_websocket(server, "/ws"):
         exited_after = _stop_with_a_job(server)
     _assert_ended_by_the_deadline(server, exited_after)
-    assert len(_problems(server.log())) <= 1, _problems(server.log())
+    assert len(_lines_about(server, "/ws")) <= 1, server.log()
+    assert server.proc.returncode == 0
