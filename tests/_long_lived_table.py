@@ -12,10 +12,11 @@ else of the page is touched. The README's table of what a restart loses sums the
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from tests._reload_table import write_between_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "long-lived.md"
@@ -108,12 +109,7 @@ def main() -> int:
     runs = latest_runs(Path(sys.argv[1]).read_text().splitlines())
     text = tables(runs) + "\n\n" + summary(runs)
     print(text)
-    page = PAGE.read_text()
-    if BEGIN not in page or END not in page:
-        print(f"{PAGE} has no {BEGIN} … {END} markers: left alone", file=sys.stderr)
-        return 0
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    PAGE.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", page))
+    write_between_markers(text, PAGE, BEGIN, END)
     return 0
 
 

@@ -3,9 +3,9 @@ graceful_web, added up from the measured tables on the docs pages.
 
 Each figure lives on its page, written there by its own run (``make demo``, ``make test-docker``,
 ``make test-swarm``, ``make reload-table``, ``make long-lived-table``, ``make bench``); this
-table only sums them, one row a kind of restart. It goes between ``<!-- restart-losses:begin -->`` and
-``<!-- restart-losses:end -->`` of README.md. ``--check`` writes nothing and fails when the
-README's table is not the one the pages give.
+table only sums them, one row a kind of restart. It goes between
+``<!-- restart-losses:begin -->`` and ``<!-- restart-losses:end -->`` of README.md. ``--check``
+writes nothing and fails when the README's table is not the one the pages give.
 """
 
 from __future__ import annotations
