@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -71,11 +71,16 @@ async def _close_websocket(
     call: Any,
     code: int,
     long_lived: LongLived,
-) -> None:
+) -> Awaitable[None]:
+    # close() hands the handler's receive() the end, then waits for the client's answer.
     with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
         await websocket.close(code=code, message=b"service restart")
     if websocket.closed:
         long_lived.ended("websocket")
+    return _handler_returns(task, call, code)
+
+
+async def _handler_returns(task: asyncio.Task[Any], call: Any, code: int) -> None:
     if task.done():
         return
     await asyncio.wait({task}, timeout=CLOSE_HANDSHAKE_TIME)

@@ -49,7 +49,7 @@ def note_start(send: Send, message: Message, cancel: Callable[[], object] | None
 
     async def end() -> None:
         ending.add(send)
-        stop_app()
+        stop_app()  # the call serving the request sends the body's end as the app unwinds
 
     if long_lived.add(send, "stream", end) and task is not None:
         task.add_done_callback(lambda _: long_lived.discard(send))

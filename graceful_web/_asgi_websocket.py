@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 import anyio
 
@@ -39,10 +40,10 @@ async def serve_websocket(
             if not closing:
                 await send(message)
 
-    async def close() -> None:
+    async def close() -> Awaitable[None] | None:
         nonlocal closing
         if app_done.is_set():
-            return
+            return None
         closing = True
         sent = False
         with anyio.move_on_after(CLOSE_HANDSHAKE_TIME), contextlib.suppress(Exception):
@@ -51,6 +52,9 @@ async def serve_websocket(
                 sent = True
         if sent:
             drain.long_lived.ended("websocket")
+        return app_returns()
+
+    async def app_returns() -> None:
         with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
             await app_done.wait()
         if not app_done.is_set():

@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Literal
 
 import anyio
@@ -32,8 +32,11 @@ logger = logging.getLogger("graceful_web")
 
 Kind = Literal["websocket", "stream"]
 StreamKind = Literal["finishing", "reconnectable"]
-#: Ends one connection: the close (or the body's end) sent, the handler given its moment.
-End = Callable[[], Awaitable[None]]
+KINDS: tuple[Kind, ...] = ("websocket", "stream")
+WEBSOCKETS: tuple[Kind, ...] = ("websocket",)
+#: Ends one connection: sends its close (or its body's end) and returns what then waits for its
+#: handler to return (cancelling one that does not), or None.
+End = Callable[[], Awaitable[Awaitable[None] | None]]
 #: Learns the connections open at the moment it is called: (key, kind, end) each.
 Finder = Callable[[], Iterable[tuple[object, Kind, End]]]
 
@@ -44,15 +47,15 @@ class LongLived:
     def __init__(self) -> None:
         self._open: dict[object, tuple[Kind, End]] = {}
         self._finders: list[Finder] = []
-        self.ending = False  # the ends are being sent: what opens now is ended at once
-        self._done = False
-        self._done_waiters: list[Callable[[], None]] = []
+        self._ending: set[Kind] = set()  # what opens now of these kinds is ended at once
+        self._sent: set[Kind] = set()
+        self._sent_waiters: list[Callable[[], None]] = []
         self.websockets_closed = 0
         self.streams_ended = 0
 
     def add(self, key: object, kind: Kind, end: End) -> bool:
-        """A connection opened; False when the ends were sent already: end it now."""
-        if self.ending:
+        """A connection opened; False when the ends of its kind were sent already."""
+        if kind in self._ending:
             return False
         self._open[key] = (kind, end)
         return True
@@ -65,7 +68,7 @@ class LongLived:
             self._finders.append(finder)
 
     def ended(self, kind: Kind) -> None:
-        """A connection this drain ended is done: counted apart from drained requests."""
+        """A connection this drain ended: counted apart from drained requests."""
         if kind == "websocket":
             self.websockets_closed += 1
         else:
@@ -75,63 +78,86 @@ class LongLived:
     def count(self) -> int:
         return self.websockets_closed + self.streams_ended
 
-    @property
-    def any_open(self) -> bool:
-        """Whether there may be anything to end (a finder learns it only when asked)."""
-        return bool(self._open or self._finders) and not self._done
+    def any_open(self, kinds: Collection[Kind] = KINDS) -> bool:
+        """Whether there may be anything of ``kinds`` to end (a finder learns only when
+        asked)."""
+        if any(kind not in self._sent for kind in kinds) and self._finders:
+            return True
+        return any(kind in kinds for kind, _ in self._open.values())
 
-    async def wait_done(self) -> None:
-        """Until every end was sent (``end_all`` returned)."""
-        if self._done:
+    async def wait_sent(self) -> None:
+        """Until every end of every kind was sent."""
+        if self._sent.issuperset(KINDS):
             return
         event = anyio.Event()
-        self._done_waiters.append(event.set)
+        self._sent_waiters.append(event.set)
         await event.wait()
 
-    async def end_all(self) -> None:
-        """Send every open connection its end, all at once; return when each was sent (or its
-        handler had its moment)."""
-        if self.ending:
-            await self.wait_done()
-            return
-        self.ending = True
-        found = dict(self._open)
-        self._open.clear()
+    async def end_all(
+        self, kinds: Collection[Kind] = KINDS, on_sent: Callable[[], object] | None = None
+    ) -> None:
+        """Send every open connection of ``kinds`` its end, all at once; once all are sent,
+        call ``on_sent``, then give each handler its moment to return."""
+        kinds = [kind for kind in kinds if kind not in self._ending]
+        self._ending.update(kinds)
+        found = {key: entry for key, entry in self._open.items() if entry[0] in kinds}
+        for key in found:
+            del self._open[key]
         for finder in self._finders:
             try:
-                found.update((key, (kind, end)) for key, kind, end in finder())
+                found.update(
+                    (key, (kind, end)) for key, kind, end in finder() if kind in kinds
+                )
             except Exception:
                 logger.exception("finding the open websockets and streams failed")
+        follow_ups: list[Awaitable[None]] = []
         try:
             if found:
-                websockets = sum(kind == "websocket" for kind, _ in found.values())
-                logger.info(
-                    "ending %d websockets and %d streams: the drain's grace for long-lived "
-                    "connections is over",
-                    websockets,
-                    len(found) - websockets,
-                    extra={
-                        "graceful_websockets": websockets,
-                        "graceful_streams": len(found) - websockets,
-                    },
-                )
+                _log_ending(found)
                 async with anyio.create_task_group() as task_group:
                     for _, end in found.values():
-                        task_group.start_soon(_end_one, end)
+                        task_group.start_soon(_send_end, end, follow_ups)
         finally:
-            self._done = True
-            waiters, self._done_waiters = self._done_waiters, []
-            for wake in waiters:
-                wake()
+            self._sent.update(kinds)
+            if self._sent.issuperset(KINDS):
+                waiters, self._sent_waiters = self._sent_waiters, []
+                for wake in waiters:
+                    wake()
+            if on_sent is not None:
+                on_sent()
+        async with anyio.create_task_group() as task_group:
+            for follow_up in follow_ups:
+                task_group.start_soon(_await, follow_up)
 
 
-async def _end_one(end: End) -> None:
-    # Each end is bounded by itself; this bound only keeps a broken one from holding the rest.
+def _log_ending(found: dict[object, tuple[Kind, End]]) -> None:
+    websockets = sum(kind == "websocket" for kind, _ in found.values())
+    logger.info(
+        "ending %d websockets and %d streams: their grace is over",
+        websockets,
+        len(found) - websockets,
+        extra={"graceful_websockets": websockets, "graceful_streams": len(found) - websockets},
+    )
+
+
+async def _send_end(end: End, follow_ups: list[Awaitable[None]]) -> None:
+    # Each end bounds its own send; this bound only keeps a broken one from holding the rest.
     with anyio.move_on_after(CLOSE_HANDSHAKE_TIME * 2):
         try:
-            await end()
+            follow_up = await end()
         except Exception:
             logger.exception("ending a websocket or stream failed")
+            return
+        if follow_up is not None:
+            follow_ups.append(follow_up)
+
+
+async def _await(follow_up: Awaitable[None]) -> None:
+    with anyio.move_on_after(CLOSE_HANDSHAKE_TIME * 2):
+        try:
+            await follow_up
+        except Exception:
+            logger.exception("waiting for a websocket's handler failed")
 
 
 # -- which streams are reconnectable ----------------------------------------------------------
