@@ -78,17 +78,16 @@ ROWS: dict[tuple[str, str], tuple[list[str] | str, dict[str, str]]] = {
 BARE_ROWS = [row for row in ROWS if row[1] == "asyncio"]
 
 # Where a server's outcome differs from the spec, measured: (server, loop) → reason.
-GRANIAN = ("granian closes every websocket itself at the signal, from its Rust side, before "
-           "the drain and with no close frame: 20 of 20 end in 1006 within 0.1 s (feeds, "
-           "finishing streams, long polls, jobs and exit as specified)")  # fmt: skip
-KNOWN: dict[tuple[str, str], str] = {
-    ("granian", "asyncio"): GRANIAN,
-    ("granian", "uvloop"): GRANIAN,
-    ("hypercorn -w 0", "trio"): (
+KNOWN: dict[tuple[str, str], pytest.MarkDecorator] = {
+    ("granian", "uvloop"): pytest.mark.xfail(strict=False, reason=(
+        "granian on uvloop: its Rust side races graceful_web's close at the signal: in 5 runs "
+        "of 7, 1 to 20 of the 20 websockets ended in 1006 (the rest 1012), all within 0.02 s "
+        "of the signal; feeds, finishing streams, long polls, jobs and exit as specified")),
+    ("hypercorn -w 0", "trio"): pytest.mark.xfail(strict=True, reason=(
         "under trio the feeds are cut at the grace (the client reads an incomplete chunked "
-        "body at 1.1 s) and their 20 handlers stay in flight to the deadline: abandoned, "
+        "body at 1.0 s) and their 20 handlers stay in flight to the deadline: abandoned, "
         "exit 75 at 10.3 s (websockets 1012, finishing streams, long polls and jobs as "
-        "specified)"),
+        "specified)")),
 }  # fmt: skip
 
 
@@ -118,14 +117,10 @@ def _run(
 
 
 def _rows_with_known_outcomes() -> list[object]:
-    """Every row; one whose measured outcome differs from the spec is expected to fail, strictly
-    (a fix makes it pass and the mark must go), and still runs, so its figures are recorded."""
-    return [
-        pytest.param(row, marks=pytest.mark.xfail(reason=KNOWN[row], strict=True))
-        if row in KNOWN
-        else row
-        for row in ROWS
-    ]
+    """Every row; one whose measured outcome differs from the spec is expected to fail
+    (strictly when it always does: a fix makes it pass and the mark must go), and still runs,
+    so its figures are recorded."""
+    return [pytest.param(row, marks=KNOWN[row]) if row in KNOWN else row for row in ROWS]
 
 
 @pytest.mark.parametrize("row", _rows_with_known_outcomes(), ids=_row_id)
