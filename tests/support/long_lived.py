@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from .processes import stop
 from .servers import Server
 
 #: How long after the signal the harness waits for everything to end before it kills the server.
@@ -210,8 +210,7 @@ async def _hold_and_stop(server: Server, load: Load) -> Outcome:
         clock.signalled.set()
         status, exit_after, exited_at = await exit_task
         if status is None:  # still running: what is still open counts as never ended
-            server.proc.kill()
-            await asyncio.to_thread(_reap, server.proc)
+            await asyncio.to_thread(stop, server.proc)
         outcome = Outcome(exit_status=status, exit_after=exit_after, jobs_started=load.jobs)
         for tasks, ended in ((websockets, outcome.websockets), (feeds, outcome.feeds),
                              (finishing, outcome.finishing), (polls, outcome.polls)):  # fmt: skip
@@ -246,10 +245,6 @@ async def _results(tasks: list[asyncio.Task[Ended]]) -> list[Ended]:
         else:
             results.append(task.result())
     return results
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    proc.wait(timeout=10)
 
 
 def hold_and_stop(server: Server, load: Load = Load()) -> Outcome:
