@@ -111,16 +111,21 @@ def stop_sequence(drain: Drain, *, handle_signals: bool) -> StopSequence:
         if handle_signals and "trio" in sys.modules:
             sequence.install(drain.config.signals)
         return sequence
-    # The server's way to stop: its handler for SIGTERM (or SIGINT).
-    stop_signal = next(
-        (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
-    )
+    stop_signal = server_stop_signal()
     server = AsyncioServer(drain, stop_signal or signal.SIGTERM)
     sequence = StopSequence(drain, server)
     if handle_signals and stop_signal is not None:
         server.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
         sequence.install(drain.config.signals)
     return sequence
+
+
+def server_stop_signal() -> signal.Signals | None:
+    """The server's way to stop: its handler for SIGTERM (or SIGINT); None when nothing in
+    the process acts on either."""
+    return next(
+        (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
+    )
 
 
 def end_clean_drain(server: object) -> None:

@@ -36,6 +36,7 @@ from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
+from ._without_lifespan import WithoutLifespan
 from ._work import inside_protected
 
 __all__ = ["GracefulLifespan"]
@@ -73,9 +74,12 @@ class GracefulLifespan:
         self.handle_signals = handle_signals
         self._readiness_path = self.config.readiness_path
         # Set by lifespan startup; a request arriving while it is still False means the server
-        # never sends lifespan, so nothing would be drained: said once, at that request.
+        # never sends lifespan (daphne, uvicorn --lifespan off): that request starts it all.
         self._lifespan_started = False
         self._serve_plainly = False
+        self._without_lifespan = WithoutLifespan(
+            self.config, handle_signals=handle_signals, on_startup=self._note_lifespan
+        )
 
     def __repr__(self) -> str:
         return f"GracefulLifespan({self.app!r})"
@@ -116,11 +120,11 @@ class GracefulLifespan:
         scope_type = scope["type"]
         if scope_type == "http":
             if not self._lifespan_started:
-                self._warn_without_lifespan()
+                await self._without_lifespan.start()
             return await self._http_uncommon(scope, receive, send)
         elif scope_type == "websocket":
             if not self._lifespan_started:
-                self._warn_without_lifespan()
+                await self._without_lifespan.start()
             await serve_websocket(self.app, self.config, scope, receive, send)
         elif scope_type == "lifespan":
             await Lifespan(
@@ -141,17 +145,6 @@ class GracefulLifespan:
         # Requests are served without registering only where the drain can learn them later
         # from the loop's tasks: on asyncio's loop (or uvloop), not under trio.
         self._serve_plainly = _running_loop() is not None
-
-    def _warn_without_lifespan(self) -> None:
-        self._lifespan_started = True  # say it once
-        logger.warning(
-            "the server sent no lifespan startup before this request (uvicorn "
-            "--lifespan off, granian --interface asginl, or a server without lifespan "
-            "support): nothing will be drained on shutdown, and protected jobs are cancelled "
-            "when the process exits. Run the server with lifespan on (uvicorn --lifespan on; "
-            "GracefulLifespan answers lifespan itself even when the wrapped app, e.g. "
-            "Django's, does not support it)"
-        )
 
     # -- requests ------------------------------------------------------------------------
 
