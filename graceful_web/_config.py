@@ -24,6 +24,9 @@ DEFAULT_IDLE_CONNECTION_GRACE = 1.0
 #: Websockets still open this long after the drain started are closed (unless the deadline is
 #: shorter: then half of it).
 DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
+#: A server that drops its connections without sending what it still holds for them (daphne's
+#: Twisted reactor at its shutdown) is told to stop once that is sent: at most this long.
+UNSENT_FLUSH_BOUND = 1.0
 
 # The timers after the deadline, each derived from the one before it.
 #: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import _signals
+from . import _listeners, _quirks, _signals
 from ._asgi_stop import AsyncioServer
+from ._config import UNSENT_FLUSH_BOUND
 from ._drain import Drain
 from ._stop import Connections, start_drain
 
@@ -57,6 +59,8 @@ class TwistedServer(AsyncioServer):
     def __init__(self, drain: Drain, reactor: Any, stop_signal: signal.Signals) -> None:
         super().__init__(drain, stop_signal)
         self.reactor = reactor
+        # The drain closes websockets with 1012 or 1001, which daphne cannot send as it is.
+        _quirks.daphne_sends_server_close_codes()
 
     def connections(self) -> Connections:
         # Twisted builds a connection's protocol as it accepts it, and the reactor closes
@@ -72,6 +76,19 @@ class TwistedServer(AsyncioServer):
         ]
 
     def stop(self, sig: signal.Signals, installed: _signals.Installed | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._stop_once_sent(sig, installed))
+        _stopping.add(task)
+        task.add_done_callback(_stopping.discard)
+
+    async def _stop_once_sent(
+        self, sig: signal.Signals, installed: _signals.Installed | None
+    ) -> None:
+        # The reactor drops every connection at its shutdown, unsent data and all: the last
+        # response, a websocket's close frame. Twisted's writers are the transports with data
+        # still to send.
+        give_up = time.monotonic() + min(UNSENT_FLUSH_BOUND, self.drain.remaining())
+        while self.reactor.getWriters() and time.monotonic() < give_up:
+            await asyncio.sleep(_listeners.IDLE_POLL)
         stop_signal = self.server_stop.get(sig)
         if installed is not None and stop_signal is not None and installed.deliver(stop_signal):
             return
@@ -89,3 +106,6 @@ class TwistedServer(AsyncioServer):
             return sys.modules["twisted.internet.defer"].Deferred.fromFuture(future)
 
         self.reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+
+_stopping: set[asyncio.Task[None]] = set()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -189,6 +190,45 @@ def hypercorn_graceful_timeout() -> float | None:
         if isinstance(graceful_timeout, (int, float)):
             return float(graceful_timeout)
     return None
+
+
+# -- daphne ------------------------------------------------------------------------------
+
+#: The close codes RFC 6455 (7.4.1) has a server send, besides 1000.
+SERVER_CLOSE_CODES = frozenset({1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 1014})
+
+
+def daphne_sends_server_close_codes() -> bool:
+    """Let daphne close a websocket with 1001 or 1012 when the app's ``websocket.close`` says so.
+
+    daphne hands the code to autobahn's ``sendClose``, which takes only 1000 and 3000-4999 from
+    an application (daphne#374, autobahn#1642): for 1001 or 1012 it raises inside the server and
+    no close frame is sent, so the client ends with 1006 when the process exits. For the codes
+    RFC 6455 has a server send, ``WebSocketProtocol.serverClose`` then sends the frame with
+    autobahn's ``sendCloseFrame``, as daphne itself does for 1011. False (with a warning) when
+    those are not there."""
+    ws_protocol = sys.modules.get("daphne.ws_protocol")
+    protocol = getattr(ws_protocol, "WebSocketProtocol", None)
+    server_close = getattr(protocol, "serverClose", None)
+    if protocol is None or server_close is None or not hasattr(protocol, "sendCloseFrame"):
+        logger.warning(
+            "daphne %s: WebSocketProtocol.serverClose or sendCloseFrame not found: websockets "
+            "closed by the drain may end with 1006 instead of their close code",
+            version_of("daphne"),
+        )
+        return False
+    if getattr(server_close, "graceful_web", False):
+        return True
+
+    def serverClose(self: Any, code: int | None = None) -> None:
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code)
+        else:
+            server_close(self, code)
+
+    serverClose.graceful_web = True  # type: ignore[attr-defined]
+    protocol.serverClose = serverClose
+    return True
 
 
 # -- asyncio tasks -----------------------------------------------------------------------
