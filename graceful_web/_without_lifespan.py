@@ -88,7 +88,12 @@ class WithoutLifespan:
     async def _start(self) -> None:
         unreachable = self._unreachable()
         if unreachable:
-            _warn(unreachable)
+            logger.warning(
+                "the server sent no lifespan startup before this request, and %s: nothing "
+                "will be drained on shutdown, and protected jobs are cancelled when the process "
+                "exits. %s",
+                *unreachable,
+            )
             return
         drain = current_drain()
         drain.configure(self.config)
@@ -117,17 +122,23 @@ class WithoutLifespan:
             "holds the server's stop until the drain is over"
         )
 
-    def _unreachable(self) -> str:
-        """Why the server's stop cannot be reached from here, or ''."""
+    def _unreachable(self) -> tuple[str, str] | None:
+        """Why the server's stop cannot be reached from here, and the fix; None when it can."""
         if not self.handle_signals:
-            return "GracefulLifespan(handle_signals=False) leaves the signals to the server"
+            return (
+                "GracefulLifespan(handle_signals=False) leaves the signals to the server",
+                "Leave handle_signals at True, or run the server with lifespan on "
+                "(uvicorn --lifespan on)",
+            )
         if asyncio.events._get_running_loop() is None:
-            return "under trio, only lifespan startup can set graceful_web up"
-        if threading.current_thread() is not threading.main_thread():
-            return "the server runs its event loop outside the main thread, away from signals"
-        if server_stop_signal() is None:
-            return "nothing in this process handles SIGTERM or SIGINT"
-        return ""
+            why = "under trio only lifespan can start graceful_web"
+        elif threading.current_thread() is not threading.main_thread():
+            why = "its event loop runs outside the main thread, where signals cannot be handled"
+        elif server_stop_signal() is None:
+            why = "nothing in this process stops it on SIGTERM or SIGINT"
+        else:
+            return None
+        return why, _WITH_LIFESPAN
 
     async def _drain_then_stop(self, sequence: StopSequence, held: StopAfterDrain) -> None:
         drain = sequence.drain
@@ -154,11 +165,7 @@ async def _drained(drain: Drain) -> DrainReport:
     return await drain.wait(drain.reason or "shutdown")
 
 
-def _warn(why: str) -> None:
-    logger.warning(
-        "the server sent no lifespan startup before this request and %s: nothing will be "
-        "drained on shutdown, and protected jobs are cancelled when the process exits. Run "
-        "the server with lifespan on (uvicorn --lifespan on; GracefulLifespan answers "
-        "lifespan itself even when the wrapped app, e.g. Django's, does not support it)",
-        why,
-    )
+_WITH_LIFESPAN = (
+    "Run the server with lifespan on (uvicorn --lifespan on; GracefulLifespan answers lifespan "
+    "itself even when the wrapped app, e.g. Django's, does not support it)"
+)

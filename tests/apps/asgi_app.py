@@ -6,6 +6,7 @@ The inner Starlette app's lifespan sets ``state["db"]`` and records "inner-start
 "inner-shutdown" in JOBS_FILE.events, so tests can see the inner lifespan still runs.
 ``python -m tests.apps.asgi_app`` serves it with ``uvicorn.run``; LOOP and HTTP there choose
 uvicorn's loop and HTTP parser (auto by default).
+HANDLE_SIGNALS=0 leaves the signals to the server (``handle_signals=False``).
 RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts;
 STARTUP_DELAY_MS=N makes the inner lifespan startup log "startup hook running" and sleep N ms.
 """
@@ -212,6 +213,7 @@ def build() -> Any:
     options: dict[str, Any] = {
         "on_abandoned": on_abandoned,
         "signals": signals.split(",") if signals else None,
+        "handle_signals": os.environ.get("HANDLE_SIGNALS") != "0",
     }
     if os.environ.get("WEBSOCKET_CLOSE_GRACE"):
         options["websocket_close_grace"] = float(os.environ["WEBSOCKET_CLOSE_GRACE"])

@@ -1,8 +1,10 @@
 """A Django app with Django Channels, as its docs write it, for daphne (which never sends
 lifespan): ``python -m daphne tests.apps.django_app:application``.
 
-GET /healthz   200                  GET /slow?ms=N&id=X   records "start:X", sleeps N ms, 200
-POST /jobs?ms=N&id=X   202; a job (graceful_web.spawn) sleeps N ms, then appends X to JOBS_FILE
+GET /healthz   200
+GET /slow-recorded?ms=N&id=X   records "start:X", sleeps N ms, 200
+POST /jobs-recorded?ms=N&id=X  202; a job (graceful_web.spawn) sleeps N ms, then appends X to
+               JOBS_FILE
 WEBSOCKET /ws  accepts, records "ws-open", echoes, records "ws-closed" when it disconnects
 BARE=1 serves the same app without GracefulLifespan.
 """
@@ -70,7 +72,11 @@ class Echo(AsyncWebsocketConsumer):
         record_event("ws-closed")
 
 
-urlpatterns = [path("healthz", healthz), path("slow", slow), path("jobs", jobs)]
+urlpatterns = [
+    path("healthz", healthz),
+    path("slow-recorded", slow),
+    path("jobs-recorded", jobs),
+]
 
 
 def build() -> Any:
