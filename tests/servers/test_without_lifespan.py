@@ -6,6 +6,7 @@ at SIGTERM is answered and done, and the process exits 0, as on every other serv
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -110,23 +111,21 @@ def test_daphne_websockets_through_channels_are_closed_by_the_drain(
     start_server: StartServer,
 ) -> None:
     server = start_server(ROWS[("daphne", "asyncio")], env={"WEBSOCKET_CLOSE_GRACE": "0.5"})
-    websockets = [websocket_connect(f"ws://127.0.0.1:{server.port}/ws") for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as stack:
+        websockets = [
+            stack.enter_context(websocket_connect(f"ws://127.0.0.1:{server.port}/ws"))
+            for _ in range(3)
+        ]
         for websocket in websockets:
             websocket.send("hello")
             assert websocket.recv(timeout=5) == "hello"
 
         server.send(signal.SIGTERM)
 
-        assert [_closed_with(websocket) for websocket in websockets] in (
-            [1001] * 3,
-            [1012] * 3,
-        ), server.log()
-        assert server.wait_exit(timeout=20) == 0, server.log()
-        assert server.events().count("ws-closed") == 3
-    finally:
-        for websocket in websockets:
-            websocket.close()
+        codes = [_closed_with(websocket) for websocket in websockets]
+    assert codes in ([1001] * 3, [1012] * 3), server.log()  # not None: 1006, cut
+    assert server.wait_exit(timeout=20) == 0, server.log()
+    assert drained_totals(server.log())["abandoned"] == 0
 
 
 def test_a_stop_out_of_reach_is_said_once_at_the_first_request_with_the_fix(

@@ -9,6 +9,7 @@ bare server does (tests/servers/test_servers_and_loops.py shows the fallback); i
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing
 import multiprocessing.process
 import os
@@ -353,3 +354,37 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
         assert sorted(str(source) for _, _, source in found) == names  # the local named
 
     asyncio.run(main())
+
+
+# -- daphne ----------------------------------------------------------------------------------
+
+
+def test_daphne_closes_websockets_through_autobahn_which_refuses_1001_and_1012(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    what = "WebSocketProtocol.serverClose(code) and sendCloseFrame(code, reasonUtf8, isReply)"
+    assert "code" in inspect.signature(WebSocketProtocol.serverClose).parameters, _canary(
+        "daphne", what
+    )
+    frame = inspect.signature(WebSocketProtocol.sendCloseFrame).parameters
+    assert {"code", "reasonUtf8", "isReply"} <= set(frame), _canary("autobahn", what)
+    # Still needed: autobahn refuses the codes a server closes with (daphne#374).
+    with pytest.raises(Exception, match="invalid close code 1012"):
+        WebSocketProtocol.sendClose(object(), code=1012)
+
+    monkeypatch.setattr(WebSocketProtocol, "serverClose", WebSocketProtocol.serverClose)
+    assert _quirks.daphne_sends_server_close_codes()
+    sent: list[int | None] = []
+
+    class Connection:
+        def sendCloseFrame(self, code: int | None = None) -> None:
+            sent.append(code)
+
+        def sendClose(self, code: int | None = None) -> None:
+            sent.append(-1 if code is None else -code)
+
+    for code in (1012, 1001, 1000, 4000):
+        WebSocketProtocol.serverClose(Connection(), code)  # type: ignore[arg-type]
+    assert sent == [1012, 1001, -1000, -4000]
