@@ -75,13 +75,15 @@ LOG_SHAPES = [
         r"this process listens on .+ with SO_REUSEPORT while net\.ipv4\.tcp_migrate_req is 0: "
         r".+",
         r"this hypercorn worker replaces one stopped by a reload: .+",
+        r"the server sent no lifespan: graceful_web started with the first request, and holds "
+        r"the server's stop until the drain is over",
     )
 ]
 LOGGED = re.compile(r"graceful_web: (?P<message>.*)$")
 DIAGRAMS = ("sequenceDiagram", "flowchart", "graph", "stateDiagram", "classDiagram")
 KNOWN_COMMANDS = {
     "pip", "make", "python", "python3", ".venv/bin/python", "docker", "curl", "cat",
-    "uvicorn", "hypercorn", "granian", "gunicorn",
+    "uvicorn", "hypercorn", "granian", "gunicorn", "daphne",
     "echo", "sleep", "kill", "wait", "cd", "ls", "export", "tail", "head", "grep", "seq", "true",
 }  # fmt: skip
 #: A line of a loop or a condition is not a command of its own: its body is checked.
