@@ -21,7 +21,7 @@ import anyio
 
 from . import _daphne, _quirks, _signals
 from . import durable as _durable
-from ._asgi_stop import AsyncioServer, end_clean_drain, server_stop_signal
+from ._asgi_stop import AsyncioServer, end_clean_drain
 from ._config import APP_SHUTDOWN_BOUND, Config
 from ._current import current_drain
 from ._drain import Drain
@@ -102,7 +102,7 @@ class WithoutLifespan:
         except Exception as exc:
             logger.error("%s", exc)
         reactor = _daphne.running_reactor()
-        stop_signal = server_stop_signal() or signal.SIGTERM
+        stop_signal = signal.SIGTERM  # handled, as _unreachable saw
         server: AsyncioServer
         if reactor is not None:
             server = _daphne.TwistedServer(drain, reactor, stop_signal)
@@ -134,8 +134,9 @@ class WithoutLifespan:
             why = "under trio only lifespan can start graceful_web"
         elif threading.current_thread() is not threading.main_thread():
             why = "its event loop runs outside the main thread, where signals cannot be handled"
-        elif server_stop_signal() is None:
-            why = "nothing in this process stops it on SIGTERM or SIGINT"
+        elif not _signals.server_handles(signal.SIGTERM):
+            # Not a server's process, most likely (an in-process test client): nothing to hold.
+            why = "nothing in this process handles SIGTERM, as a server would"
         else:
             return None
         return why, _WITH_LIFESPAN
