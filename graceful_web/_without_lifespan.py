@@ -86,7 +86,8 @@ class WithoutLifespan:
             self._started.set()
 
     async def _start(self) -> None:
-        unreachable = self._unreachable()
+        reactor = _daphne.running_reactor()
+        unreachable = self._unreachable(held_by_reactor=reactor is not None)
         if unreachable:
             logger.warning(
                 "the server sent no lifespan startup before this request, and %s: nothing "
@@ -101,7 +102,6 @@ class WithoutLifespan:
             await _durable.startup()
         except Exception as exc:
             logger.error("%s", exc)
-        reactor = _daphne.running_reactor()
         stop_signal = signal.SIGTERM  # handled, as _unreachable saw
         server: AsyncioServer
         if reactor is not None:
@@ -111,7 +111,8 @@ class WithoutLifespan:
             server.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
         held = StopAfterDrain(server)
         sequence = StopSequence(drain, held)
-        sequence.install(drain.config.signals)
+        if self.handle_signals:
+            sequence.install(drain.config.signals)
         if isinstance(server, _daphne.TwistedServer):
             server.hold_shutdown(lambda: _drained(drain))
         task = asyncio.get_running_loop().create_task(self._drain_then_stop(sequence, held))
@@ -122,9 +123,10 @@ class WithoutLifespan:
             "holds the server's stop until the drain is over"
         )
 
-    def _unreachable(self) -> tuple[str, str] | None:
-        """Why the server's stop cannot be reached from here, and the fix; None when it can."""
-        if not self.handle_signals:
+    def _unreachable(self, *, held_by_reactor: bool) -> tuple[str, str] | None:
+        """Why the server's stop cannot be reached from here, and the fix; None when it can.
+        With the signals left to it, daphne's reactor still waits for its shutdown triggers."""
+        if not self.handle_signals and not held_by_reactor:
             return (
                 "GracefulLifespan(handle_signals=False) leaves the signals to the server",
                 "Leave handle_signals at True, or run the server with lifespan on "

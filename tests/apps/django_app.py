@@ -6,7 +6,8 @@ GET /slow-recorded?ms=N&id=X   records "start:X", sleeps N ms, 200
 POST /jobs-recorded?ms=N&id=X  202; a job (graceful_web.spawn) sleeps N ms, then appends X to
                JOBS_FILE
 WEBSOCKET /ws  accepts, records "ws-open", echoes, records "ws-closed" when it disconnects
-BARE=1 serves the same app without GracefulLifespan.
+BARE=1 serves the same app without GracefulLifespan; HANDLE_SIGNALS=0 leaves the signals to
+daphne (``handle_signals=False``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def build() -> Any:
     if os.environ.get("BARE") == "1":
         return router
     grace = os.environ.get("WEBSOCKET_CLOSE_GRACE")
-    return GracefulLifespan(router, **({"websocket_close_grace": float(grace)} if grace else {}))
+    return GracefulLifespan(
+        router,
+        handle_signals=os.environ.get("HANDLE_SIGNALS") != "0",
+        **({"websocket_close_grace": float(grace)} if grace else {}),
+    )
 
 
 application = build()

@@ -103,6 +103,20 @@ def test_bare_daphne_loses_them(start_server: StartServer) -> None:
     assert server.jobs() == []
 
 
+def test_daphne_with_its_signals_left_to_it_drains_jobs_in_its_shutdown(
+    start_server: StartServer,
+) -> None:
+    env = {"GRACEFUL_DRAIN_TIMEOUT": "8", "HANDLE_SIGNALS": "0"}
+    server = start_server(ROWS[("daphne", "asyncio")], env=env)
+    for n in range(2):
+        assert httpx.post(f"{server.url}/jobs-recorded?ms={WORK_MS}&id=j{n}").status_code == 202
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0, server.log()
+    assert sorted(server.jobs()) == ["j0", "j1"]
+    assert "drain started (shutdown)" in server.log()  # by the reactor's shutdown trigger
+    assert "the server sent no lifespan startup" not in server.log()  # no warning
+
+
 def _closed_with(websocket: ClientConnection) -> int | None:
     """The close code the server sent, waiting for it; None for a connection that was cut
     (the client then reports 1006)."""
