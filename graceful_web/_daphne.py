@@ -8,7 +8,8 @@ every connection. So the reactor hears of the stop only once the drain is over
 (``_without_lifespan`` holds it); before that, the listening ports stop listening. Should the
 reactor stop by another way (``reactor.stop()``, signals left to Twisted), a "before shutdown"
 trigger of our own starts the drain and holds the reactor's shutdown until it is over:
-requests already cancelled by daphne's own trigger are lost, protected jobs are not.
+daphne's own trigger has cancelled every application instance by then, the protected jobs
+still finish.
 """
 
 from __future__ import annotations
