@@ -8,7 +8,9 @@ stop, timed from the drain's one deadline.
 3. The listeners close, once what waits in their accept queue was accepted (``_listeners``).
 4. The idle-connection grace (``idle_connection_grace``, inside what the delay leaves): a request
    already on its way on an idle connection is answered, with ``Connection: close``.
-5. The server is told to stop, the way its own signal handler would: it closes what is left and
+5. Websockets and reconnectable streams are ended politely (``_long_lived``) once
+   ``long_lived_grace`` is over.
+6. The server is told to stop, the way its own signal handler would: it closes what is left and
    sends its shutdown, whose end the drain holds back until protected work is done.
 
 A second signal forces: protected work is cancelled and the server told to stop at once.
@@ -32,7 +34,9 @@ from typing import Any, Protocol
 import anyio
 
 from . import _listeners, _signals
+from ._config import CLOSE_FLUSH_TIME
 from ._drain import Drain
+from ._long_lived import WEBSOCKETS
 
 logger = logging.getLogger("graceful_web")
 
@@ -129,9 +133,23 @@ class StopSequence:
             return  # a second signal during the delay told it already
         connections = self.server.connections()
         if connections is None:
+            long_lived = self.drain.long_lived
+            if long_lived.any_open(WEBSOCKETS):
+                _spawn(self._close_websockets_then_stop, sig)
+                return
             self._tell_server(sig)
             return
         _spawn(self._close_then_stop, sig, connections)
+
+    async def _close_websockets_then_stop(self, sig: signal.Signals) -> None:
+        """A server out of reach may close websockets unannounced as it stops (granian: 1006
+        at once): they are closed first, with no grace, and it is told once their clients
+        answered (the close was on the wire), at most a close handshake later."""
+        try:
+            await self.drain.long_lived.end_all(WEBSOCKETS)
+            await anyio.sleep(CLOSE_FLUSH_TIME)
+        finally:
+            self._tell_server(sig)
 
     async def _close_then_stop(self, sig: signal.Signals, connections: Connections) -> None:
         """Close the listeners now, answer what was already accepted and what idle keep-alive
@@ -145,6 +163,12 @@ class StopSequence:
                 await _listeners.answer_idle_connections(
                     lambda: connections.idle() or 0, self.config.idle_connection_grace
                 )
+            long_lived = self.drain.long_lived
+            if long_lived.any_open():
+                # A server closes what is left as it stops, websockets unannounced or with
+                # a code of its own: the drain's ends go first.
+                with anyio.move_on_after(self.drain.remaining()):
+                    await long_lived.wait_sent()
         finally:
             self._tell_server(sig)
 

@@ -37,7 +37,7 @@ PORTABLE = (
     "tests/servers/test_connections_at_stop.py::test_a_connection_still_idle_after_the_grace_is_closed_and_the_process_exits",
     "tests/servers/test_log_output.py::test_lines_appear_once_in_the_servers_own_format",
     "tests/servers/test_durable_jobs.py::test_a_job_that_keeps_failing_is_kept_as_dead_after_its_attempts",
-    "tests/servers/test_asgi_drain.py::test_websockets_are_closed_with_1001_after_the_grace",
+    "tests/servers/test_asgi_drain.py::test_websockets_are_closed_with_1012_after_the_grace",
     "tests/servers/test_run.py::test_protected_jobs_finish_and_unprotected_tasks_are_cancelled",
 )  # fmt: skip
 

@@ -104,7 +104,7 @@ async def state(request: Request) -> Response:
 
 
 async def websocket_ticker(websocket: WebSocket) -> None:
-    """Sends a tick every 100 ms and never closes by itself: only the drain's 1001 ends it."""
+    """Sends a tick every 100 ms and never closes by itself: the drain's close (1012) ends it."""
     await websocket.accept()
     record_event("ws-open")
     try:
@@ -215,8 +215,6 @@ def build() -> Any:
         "signals": signals.split(",") if signals else None,
         "handle_signals": os.environ.get("HANDLE_SIGNALS") != "0",
     }
-    if os.environ.get("WEBSOCKET_CLOSE_GRACE"):
-        options["websocket_close_grace"] = float(os.environ["WEBSOCKET_CLOSE_GRACE"])
     if kind == "bare":
         return GracefulLifespan(bare_app, **options)
     inner = build_starlette()

@@ -90,11 +90,11 @@ def build() -> Any:
     )
     if os.environ.get("BARE") == "1":
         return router
-    grace = os.environ.get("WEBSOCKET_CLOSE_GRACE")
+    grace = os.environ.get("LONG_LIVED_GRACE")
     return GracefulLifespan(
         router,
         handle_signals=os.environ.get("HANDLE_SIGNALS") != "0",
-        **({"websocket_close_grace": float(grace)} if grace else {}),
+        **({"long_lived_grace": float(grace)} if grace else {}),
     )
 
 

@@ -151,19 +151,17 @@ def test_server_sent_events_end_politely_when_the_drain_starts(
 
 
 @pytest.mark.parametrize(
-    ("server_name", "pre_stop_delay"),
-    # uvicorn closes websockets itself (1012) when it stops: the grace runs inside the
-    # pre-stop delay there. hypercorn waits for them, so the grace alone is enough.
-    [("uvicorn", "1.5"), ("hypercorn", "0")],
+    ("server_name", "close_code"), [("uvicorn", None), ("hypercorn", None), ("uvicorn", "1001")]
 )
-def test_websockets_are_closed_with_1001_after_the_grace(
-    start_server: StartServer, server_name: str, pre_stop_delay: str
+def test_websockets_are_closed_with_1012_after_the_grace(
+    start_server: StartServer, server_name: str, close_code: str | None
 ) -> None:
+    settings = {"GRACEFUL_WEBSOCKET_CLOSE_CODE": close_code} if close_code else {}
     server = start_asgi(
         start_server,
         UVICORN if server_name == "uvicorn" else HYPERCORN,
-        WEBSOCKET_CLOSE_GRACE="0.5",
-        GRACEFUL_PRE_STOP_DELAY=pre_stop_delay,
+        GRACEFUL_LONG_LIVED_GRACE="0.5",
+        **settings,
     )
     with websocket_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5) as websocket:
         assert websocket.recv(timeout=5) == "tick"
@@ -171,10 +169,11 @@ def test_websockets_are_closed_with_1001_after_the_grace(
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 websocket.recv(timeout=5)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == int(close_code or 1012)
     assert server.wait_exit() == 0
     assert events_contain(server, "ws-open", "ws-closed")
-    assert "closing websocket /ws with 1001" in server.log()
+    assert "closed 1 websockets, ended 0 streams" in server.log()
 
 
 def test_work_still_running_at_the_deadline_is_abandoned_reported_and_exits_75(

@@ -51,9 +51,15 @@ def test_wrapping_something_that_is_not_an_asgi3_app_fails_at_setup(
 
 
 @pytest.mark.parametrize("grace", [-1, 30, "soon"])
-def test_a_websocket_grace_outside_the_deadline_fails_at_setup(grace: Any) -> None:
-    with pytest.raises((TypeError, ValueError), match="websocket_close_grace"):
-        GracefulLifespan(Starlette(), drain_timeout=10, websocket_close_grace=grace)
+def test_a_long_lived_grace_outside_the_deadline_fails_at_setup(grace: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="long_lived_grace"):
+        GracefulLifespan(Starlette(), drain_timeout=10, long_lived_grace=grace)
+
+
+@pytest.mark.parametrize("code", [1006, 999, 5000, "1012", True])
+def test_a_close_code_no_endpoint_may_send_fails_at_setup(code: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="websocket_close_code"):
+        GracefulLifespan(Starlette(), websocket_close_code=code)
 
 
 def test_a_negative_deadline_fails_at_setup() -> None:

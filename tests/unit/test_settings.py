@@ -20,9 +20,11 @@ def test_a_misspelt_setting_is_refused_by_setup_naming_the_settings() -> None:
         setup(web.Application(), drain_timout=5)  # type: ignore[call-arg]
 
 
-def test_gracefullifespan_takes_the_websocket_grace_and_refuses_what_it_does_not_take() -> None:
-    wrapped = GracefulLifespan(asgi_app, drain_timeout=4, websocket_close_grace=1)
-    assert wrapped.config.websocket_close_grace == 1.0
+def test_gracefullifespan_takes_long_lived_settings_and_refuses_what_it_does_not_take() -> None:
+    wrapped = GracefulLifespan(
+        asgi_app, drain_timeout=4, long_lived_grace=1, websocket_close_code=1001
+    )
+    assert (wrapped.config.long_lived_grace, wrapped.config.websocket_close_code) == (1.0, 1001)
     with pytest.raises(TypeError, match=r"'pre_stop'; its settings are .*pre_stop_delay"):
         GracefulLifespan(asgi_app, pre_stop=1)  # type: ignore[call-arg]
 

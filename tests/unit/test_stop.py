@@ -160,8 +160,9 @@ def test_the_hand_over_fits_inside_the_unwinding_after_the_deadline() -> None:
     assert 0 < HAND_OVER_TIME < CANCEL_GRACE
 
 
-def test_the_websocket_grace_is_checked_with_the_other_settings() -> None:
-    assert Config.build(drain_timeout=4).websocket_close_grace == 2.0
-    assert Config.build(drain_timeout=25).websocket_close_grace == 5.0
-    with pytest.raises(ValueError, match="websocket_close_grace"):
-        Config.build(drain_timeout=4, websocket_close_grace=4)
+def test_the_long_lived_grace_is_checked_with_the_other_settings() -> None:
+    assert Config.build(drain_timeout=1).long_lived_grace == 0.5
+    assert Config.build(drain_timeout=25).long_lived_grace == 1.0
+    assert Config.build(drain_timeout=25).websocket_close_code == 1012
+    with pytest.raises(ValueError, match="long_lived_grace"):
+        Config.build(drain_timeout=4, pre_stop_delay=2, long_lived_grace=2)
