@@ -192,15 +192,20 @@ class GracefulLifespan:
 
         if task is None:
             # trio: cancelling the request means cancelling a scope around it.
-            with request_scope:
-                work = drain.request_started(_request_name(scope), request_scope.cancel)
-                try:
-                    await self._protected(scope, receive, send_closing_when_draining)
-                finally:
-                    drain.long_lived.discard(send)
-                    if is_ending(send):
-                        await end_stream(send, _request_name(scope))
-                    drain.discard(work)
+            work = drain.request_started(_request_name(scope), request_scope.cancel)
+            try:
+                with request_scope:
+                    try:
+                        await self._protected(scope, receive, send_closing_when_draining)
+                    except Exception:
+                        if not is_ending(send):
+                            raise
+                # Out of the cancelled scope: the body's end can be sent.
+                if is_ending(send):
+                    await end_stream(send, _request_name(scope))
+            finally:
+                drain.long_lived.discard(send)
+                drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
         try:
