@@ -59,7 +59,7 @@ HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 CLOSE_HANDSHAKE_TIME = 1.0
 #: A server may hand the app the end of a websocket before its close is written (granian
 #: does): how long the close gets to reach the wire before such a server is told to stop.
-CLOSE_FLUSH_TIME = 0.05
+CLOSE_FLUSH_TIME = 0.1
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
