@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from ._app_common import (
-    WORK_BODY,
     EVENT_INTERVAL_S,
+    WORK_BODY,
     WORK_MS,
     DoneRecord,
     InFlight,

@@ -20,8 +20,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ._app_common import (
-    WORK_BODY,
     EVENT_INTERVAL_S,
+    WORK_BODY,
     WORK_MS,
     DoneRecord,
     InFlight,

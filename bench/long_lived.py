@@ -107,12 +107,12 @@ def run_once(server_name: str, graceful: bool, n: int, clients: int = CLIENTS) -
         procs: list[subprocess.Popen[str]] = []
         try:
             for share in shares:
+                argv = [PY, "-m", "bench.long_lived_client", str(server.port), str(share),
+                        str(share), str(CLIENT_SECONDS)]  # fmt: skip
                 procs.append(
                     subprocess.Popen(
-                        [PY, "-m", "bench.long_lived_client", str(server.port), str(share),
-                         str(share), str(CLIENT_SECONDS)],
-                        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
-                    )  # fmt: skip
+                        argv, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+                    )
                 )
             limit = time.monotonic() + OPEN_TIMEOUT
             opened = sum(_read_ready(proc, limit) for proc in procs)
