@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -155,13 +156,17 @@ def run_once(server_name: str, graceful: bool, n: int, clients: int = CLIENTS) -
 class LongLivedFigures:
     connections: int  # of each kind
     wanted: int
+    files_limit: int
+    clients: int
     runs: list[Run]
+    measured_alone: str = ""
 
 
 def measure(servers: tuple[str, ...] = SERVERS, wanted: int = CONNECTIONS) -> LongLivedFigures:
     n = connections_possible(wanted)
     runs = [run_once(server, graceful, n) for server in servers for graceful in (False, True)]
-    return LongLivedFigures(n, wanted, runs)
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return LongLivedFigures(n, wanted, limit, CLIENTS, runs)
 
 
 def show(figures: LongLivedFigures) -> str:
