@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import threading
 import time
@@ -101,6 +102,9 @@ class ReconnectingClients(threading.Thread):
                 continue
             try:
                 await self._connected(ws, number)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                with self.lock:  # before its first message: the connect did not succeed
+                    self.figures.failed[f"{_reason(exc)} before its first message"] += 1
             finally:
                 with self.lock:
                     self.worker_of.pop(number, None)
@@ -124,10 +128,13 @@ class ReconnectingClients(threading.Thread):
         if not receiving.done():
             receiving.cancel()  # the test is over: the client closes (1000), not counted
             return
-        message = receiving.result()
-        closed = message.type == aiohttp.WSMsgType.CLOSE
+        try:
+            message = receiving.result()
+            code = str(message.data) if message.type == aiohttp.WSMsgType.CLOSE else ABNORMAL
+        except (aiohttp.ClientError, OSError):
+            code = ABNORMAL
         with self.lock:
-            self.figures.closes[str(message.data) if closed else ABNORMAL] += 1
+            self.figures.closes[code] += 1
 
     async def _backoff(self) -> None:
         await asyncio.sleep(BACKOFF_S * (1 + random.random()))
@@ -143,8 +150,9 @@ class ReconnectingClients(threading.Thread):
 
     def stop(self) -> Figures:
         """Close every client, wait for the thread; the figures."""
-        if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._loop is not None and self._stopping is not None and self.is_alive():
+            with contextlib.suppress(RuntimeError):  # its loop ended meanwhile
+                self._loop.call_soon_threadsafe(self._stopping.set)
         self.join(15)
         return self.figures
 
