@@ -48,6 +48,7 @@ class Run:
     last_told_to_exit_s: float | None
     signal_to_exit_s: float
     peak_rss_mib: float
+    signal_to_last_end_s: float | None = None  # told or not
 
     @property
     def polite_closes(self) -> int:
@@ -138,6 +139,7 @@ def run_once(server_name: str, graceful: bool, n: int, clients: int = CLIENTS) -
             streams[how] = streams.get(how, 0) + count
     told = [outcome["last_polite"] for outcome in outcomes if outcome["last_polite"] is not None]
     last_told = max(told) if told else None
+    ends = [outcome["last_end"] for outcome in outcomes if outcome["last_end"] is not None]
     return Run(
         server=server_name,
         graceful=graceful,
@@ -149,6 +151,7 @@ def run_once(server_name: str, graceful: bool, n: int, clients: int = CLIENTS) -
         last_told_to_exit_s=exited - last_told if last_told is not None else None,
         signal_to_exit_s=exited - signalled,
         peak_rss_mib=peak_mib,
+        signal_to_last_end_s=max(ends) - signalled if ends else None,
     )
 
 

@@ -852,8 +852,10 @@ LONG_LIVED_EXIT_S = 2.0  # last one told -> exit
 
 def _long_lived_cells(run: LongLivedRun) -> tuple[str, str, str]:
     """Websockets, feeds, times of one run, as the tables show them."""
-    codes = ", ".join(f"{count} × {code}" for code, count in sorted(run.websockets.items()))
-    feeds = ", ".join(f"{count} {how}" for how, count in sorted(run.streams.items()))
+    codes = ", ".join(
+        f"{_num(count, 0)} × {code}" for code, count in sorted(run.websockets.items())
+    )
+    feeds = ", ".join(f"{_num(count, 0)} {how}" for how, count in sorted(run.streams.items()))
     told = "n/a" if run.signal_to_last_told_s is None else f"{run.signal_to_last_told_s:.2f} s"
     after = "n/a" if run.last_told_to_exit_s is None else f"{run.last_told_to_exit_s:.2f} s"
     return codes or "none", feeds or "none", f"{told} / {after}"
@@ -926,13 +928,15 @@ def long_lived_section(figures: LongLivedFigures) -> list[str]:
     add("")
     add(
         "| server | opened | websockets closed | feeds ended | signal → last one told / "
-        "→ exit | signal → exit | exit status | peak RSS |"
+        "→ exit | signal → last one ended, told or not | signal → exit | exit status "
+        "| peak RSS |"
     )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in figures.runs:
         codes, feeds, times = _long_lived_cells(run)
+        ended = "n/a" if run.signal_to_last_end_s is None else f"{run.signal_to_last_end_s:.2f} s"
         add(
-            f"| {run.label} | {_num(run.opened, 0)} | {codes} | {feeds} | {times} "
+            f"| {run.label} | {_num(run.opened, 0)} | {codes} | {feeds} | {times} | {ended} "
             f"| {run.signal_to_exit_s:.2f} s | {run.exit_status} | {run.peak_rss_mib:.0f} MiB |"
         )
     add("")
