@@ -24,7 +24,9 @@ import pickle
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from . import durable_jobs, hot_path, in_flight, jobs, long_lived, report, stopping, throughput
 from ._harness import ROOT, pin_cpus, raise_open_files
@@ -120,33 +122,6 @@ def measure_durable(plan: Plan) -> durable_jobs.DurableFigures:
     return figures
 
 
-def durable_alone(quick: bool) -> int:
-    """``python -m bench durable``: figure 7 by itself, spliced into bench/results.md."""
-    plan = QUICK if quick else Plan()
-    load_before = os.getloadavg()
-    pinning = pin_cpus()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = "bench durable (quick)" if quick else "bench durable"
-    _say(f"{title}: {pinning}; load average {load_before[0]:.2f}")
-    figures = measure_durable(plan)
-    load_after = os.getloadavg()
-    figures.measured_alone = (
-        f"{date}, commit {report._git_commit()}; {pinning}; load average (1 min) before "
-        f"{load_before[0]:.2f}, after {load_after[0]:.2f}"
-    )
-    section = report.durable_section(figures)
-    if quick:
-        out = ROOT / "bench" / ".out" / "durable-quick.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(section) + "\n")
-        _say(f"quick run: wrote {out.relative_to(ROOT)}; results.md alone")
-        return 0
-    text = report.RESULTS.read_text() if report.RESULTS.exists() else ""
-    report.RESULTS.write_text(report.splice_durable_section(text, section))
-    _say(f"wrote section 7 of {report.RESULTS.relative_to(ROOT)}")
-    return 0
-
-
 def measure_long_lived(plan: Plan) -> long_lived.LongLivedFigures:
     _say(
         f"8. {plan.long_lived} websockets and {plan.long_lived} event streams open at SIGTERM: "
@@ -157,28 +132,42 @@ def measure_long_lived(plan: Plan) -> long_lived.LongLivedFigures:
     return figures
 
 
-def long_lived_alone(quick: bool) -> int:
-    """``python -m bench long-lived``: figure 8 by itself, spliced into bench/results.md."""
+class _Alone(Protocol):
+    measured_alone: str
+
+
+def figure_alone(
+    name: str,
+    number: int,
+    quick: bool,
+    measure: Callable[[Plan], _Alone],
+    section: Callable[[Any], list[str]],
+    heading: str,
+) -> int:
+    """``python -m bench NAME``: one figure by itself, its section spliced into
+    bench/results.md (the summary table is left to a whole run); quick: written apart."""
     plan = QUICK if quick else Plan()
     load_before = os.getloadavg()
     pinning = pin_cpus()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    _say(f"bench long-lived{' (quick)' if quick else ''}: {pinning}; load {load_before[0]:.2f}")
-    figures = measure_long_lived(plan)
+    title = f"bench {name} (quick)" if quick else f"bench {name}"
+    _say(f"{title}: {pinning}; load average {load_before[0]:.2f}")
+    figures = measure(plan)
+    load_after = os.getloadavg()
     figures.measured_alone = (
         f"{date}, commit {report._git_commit()}; {pinning}; load average (1 min) before "
-        f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+        f"{load_before[0]:.2f}, after {load_after[0]:.2f}"
     )
-    section = report.long_lived_section(figures)
+    lines = section(figures)
     if quick:
-        out = ROOT / "bench" / ".out" / "long-lived-quick.md"
+        out = ROOT / "bench" / ".out" / f"{name}-quick.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(section) + "\n")
+        out.write_text("\n".join(lines) + "\n")
         _say(f"quick run: wrote {out.relative_to(ROOT)}; results.md alone")
         return 0
     text = report.RESULTS.read_text() if report.RESULTS.exists() else ""
-    report.RESULTS.write_text(report.splice_section(text, report.LONG_LIVED_HEADING, section))
-    _say(f"wrote section 8 of {report.RESULTS.relative_to(ROOT)}")
+    report.RESULTS.write_text(report.splice_section(text, heading, lines))
+    _say(f"wrote section {number} of {report.RESULTS.relative_to(ROOT)}")
     return 0
 
 
@@ -189,9 +178,14 @@ def main() -> int:
         return 0
     quick = "--quick" in args or os.environ.get("BENCH_QUICK", "") not in ("", "0")
     if args and args[0] == "durable" and set(args[1:]) <= {"--quick"}:
-        return durable_alone(quick)
+        return figure_alone(
+            "durable", 7, quick, measure_durable, report.durable_section, report.DURABLE_HEADING
+        )
     if args and args[0] == "long-lived" and set(args[1:]) <= {"--quick"}:
-        return long_lived_alone(quick)
+        return figure_alone(
+            "long-lived", 8, quick, measure_long_lived, report.long_lived_section,
+            report.LONG_LIVED_HEADING,
+        )  # fmt: skip
     if args and args != ["--quick"]:
         _say(
             "usage: python -m bench [--quick | --report | durable [--quick] | long-lived [--quick]]"

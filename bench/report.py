@@ -825,10 +825,6 @@ def _scaled(spread: Spread | None, divisor: float, digits: int) -> str:
     )
 
 
-def splice_durable_section(text: str, section: list[str]) -> str:
-    return splice_section(text, DURABLE_HEADING, section)
-
-
 def splice_section(text: str, heading: str, section: list[str]) -> str:
     """``text`` (a results file) with its section under ``heading`` replaced by ``section``, or
     with ``section`` added at its end when it has none."""
