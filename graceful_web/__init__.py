@@ -7,6 +7,7 @@ deadline, reports anything it had to abandon, and only then lets the process exi
 
 from . import _log_output  # noqa: F401  (our log lines reach the server's log by default)
 from ._current import protect, shutting_down, spawn
+from ._long_lived import mark_stream
 from ._report import EXIT_ABANDONED, EXIT_HARD, AbandonedWork, DrainReport
 from ._run import run
 from ._work import ShutdownInProgress
@@ -17,6 +18,7 @@ __all__ = [
     "AbandonedWork",
     "DrainReport",
     "ShutdownInProgress",
+    "mark_stream",
     "protect",
     "run",
     "shutting_down",

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 
 from . import durable as _durable
 from ._asgi_lifespan import Message, Send
+from ._asgi_stream import is_ending, note_start
 from ._current import current_drain
 from ._drain import Drain, process
 
@@ -24,12 +25,26 @@ def send_closing_when_draining(send: Send, message: Message) -> Awaitable[None]:
     """The ``send`` a request served plainly is given, bound to the server's as a method: a
     method object costs less to make than a closure, and one is made for every request."""
     if process.serving:
+        if message["type"] == "http.response.start":
+            note_start(send, message)
         return send(message)
-    # Once draining, the connection must not be reused: the client's next request goes to
-    # another instance instead of to a closing socket.
-    if message["type"] == "http.response.start" and current_drain().draining:
-        message = with_connection_close(message)
+    return _send_draining(send, message)
+
+
+def _send_draining(send: Send, message: Message) -> Awaitable[None]:
+    if message["type"] == "http.response.start":
+        note_start(send, message)
+        # Once draining, the connection must not be reused: the client's next request goes to
+        # another instance instead of to a closing socket.
+        if current_drain().draining:
+            message = with_connection_close(message)
+    elif is_ending(send):
+        return _dropped()  # the drain is ending this stream: the app's own chunks stop here
     return send(message)
+
+
+async def _dropped() -> None:
+    pass
 
 
 def recorded_and_closing(send: Send, records: list[asyncio.Future[None]]) -> Send:
@@ -78,12 +93,9 @@ class Unrecorded(Exception):
 async def _send_once_recorded(
     send: Send, message: Message, records: list[asyncio.Future[None]]
 ) -> None:
-    if message["type"] == "http.response.start":
-        if not await records_written(send, records):
-            raise Unrecorded
-        if not process.serving and current_drain().draining:
-            message = with_connection_close(message)
-    await send(message)
+    if message["type"] == "http.response.start" and not await records_written(send, records):
+        raise Unrecorded
+    await send_closing_when_draining(send, message)
 
 
 def with_connection_close(message: Message) -> Message:

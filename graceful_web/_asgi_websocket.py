@@ -1,5 +1,6 @@
-"""Websockets under ``GracefulLifespan``: protected while open, closed by the drain once its
-grace is over, so no websocket holds the server to the deadline."""
+"""Websockets under ``GracefulLifespan``: protected while open, and closed by the drain once
+``long_lived_grace`` is over (``_long_lived``), so that no websocket holds the server to the
+deadline and every client is told to reconnect."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import anyio
 
 from ._asgi_lifespan import ASGIApp, Message, Receive, Scope, Send
-from ._config import Config
+from ._config import CLOSE_HANDSHAKE_TIME, Config
 from ._current import current_drain
 from ._work import inside_protected
 
@@ -19,48 +20,67 @@ logger = logging.getLogger("graceful_web")
 async def serve_websocket(
     app: ASGIApp, config: Config, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Serve one websocket as protected work; still open ``websocket_close_grace`` into the
-    drain, it is closed with 1001 (going away) and the app's side is cancelled."""
+    """Serve one websocket as protected work. When the drain ends it: the close
+    (``websocket_close_code``) goes out between the app's own messages, the app's later
+    messages are dropped, and its handler, which the server hands the disconnect once the
+    client answers the close, returns; one that does not is cancelled."""
     drain = current_drain()
     path = scope.get("path", "")
+    code = config.websocket_close_code
     send_lock = anyio.Lock()
-    closed_by_us = False
-    app_done = False
+    app_scope = anyio.CancelScope()
+    app_done = anyio.Event()
+    closing = False
 
     async def locked_send(message: Message) -> None:
+        if closing:
+            return  # after the drain's close, the app's own messages have nowhere to go
         async with send_lock:
-            await send(message)
+            if not closing:
+                await send(message)
 
-    async def close_when_grace_is_over(app_scope: anyio.CancelScope) -> None:
-        nonlocal closed_by_us
-        await drain.wait_shutting_down()
-        await anyio.sleep(config.websocket_close_grace)
-        if app_done or drain.forced:
+    async def close() -> None:
+        nonlocal closing
+        if app_done.is_set():
             return
-        closed_by_us = True
-        logger.info("closing websocket %s with 1001 (going away): drain grace is over", path)
-        with contextlib.suppress(Exception):
+        closing = True
+        sent = False
+        with anyio.move_on_after(CLOSE_HANDSHAKE_TIME), contextlib.suppress(Exception):
             async with send_lock:
-                await send({"type": "websocket.close", "code": 1001, "reason": "going away"})
-        app_scope.cancel()
+                await send({"type": "websocket.close", "code": code, "reason": "service restart"})
+                sent = True
+        if sent:
+            drain.long_lived.ended("websocket")
+        with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+            await app_done.wait()
+        if not app_done.is_set():
+            logger.warning(
+                "websocket %s: its handler did not return within %.1f s of the close "
+                "(%d): cancelled",
+                path,
+                CLOSE_HANDSHAKE_TIME,
+                code,
+            )
+            app_scope.cancel()
 
     token = inside_protected.set(True)
-    outer = anyio.CancelScope()
-    work = drain.request_started(f"WEBSOCKET {path}", outer.cancel)
+    work = drain.request_started(f"WEBSOCKET {path}", app_scope.cancel)
+    if not drain.long_lived.add(work, "websocket", close):
+        # The drain's closes went out already: this one is refused as it opens.
+        closing = True
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code, "reason": "service restart"})
+        app_scope.cancel()
     try:
-        with outer:
-            async with anyio.create_task_group() as task_group:
-                app_scope = anyio.CancelScope()
-                task_group.start_soon(close_when_grace_is_over, app_scope)
-                try:
-                    with app_scope:
-                        await app(scope, receive, locked_send)
-                except Exception:
-                    if not closed_by_us:
-                        raise
-                finally:
-                    app_done = True
-                    task_group.cancel_scope.cancel()
+        with app_scope:
+            await app(scope, receive, locked_send)
+    except Exception:
+        if not closing:
+            raise
+        # What the app raised on its way out after the drain's close is that close's doing.
+        logger.debug("websocket %s ended after its close", path, exc_info=True)
     finally:
+        app_done.set()
+        drain.long_lived.discard(work)
         inside_protected.reset(token)
         drain.discard(work)

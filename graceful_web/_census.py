@@ -152,3 +152,17 @@ def _stack() -> Iterator[FrameType]:
         frame = frame.f_back
     # From the task's first frame down, as the awaits of a suspended task are walked.
     return reversed(frames)
+
+
+def awaited_locals(call: Any) -> Iterator[Mapping[str, Any]]:
+    """The locals of ``call`` and of each coroutine it awaits, outermost first: where a
+    request's handler keeps its response (read only when the drain asks)."""
+    if isinstance(call, FrameType):
+        yield call.f_locals
+        return
+    awaited = call
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            yield frame.f_locals
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)

@@ -16,14 +16,22 @@ DRAIN_TIMEOUT_ENV = "GRACEFUL_DRAIN_TIMEOUT"
 PRE_STOP_DELAY_ENV = "GRACEFUL_PRE_STOP_DELAY"
 PROGRESS_INTERVAL_ENV = "GRACEFUL_PROGRESS_INTERVAL"
 IDLE_CONNECTION_GRACE_ENV = "GRACEFUL_IDLE_CONNECTION_GRACE"
+LONG_LIVED_GRACE_ENV = "GRACEFUL_LONG_LIVED_GRACE"
+WEBSOCKET_CLOSE_CODE_ENV = "GRACEFUL_WEBSOCKET_CLOSE_CODE"
 DEFAULT_DRAIN_TIMEOUT = 25.0
 DEFAULT_PROGRESS_INTERVAL = 1.0
 #: How long connections with no request in progress stay open once the listeners have closed
 #: (when none is given, at most a quarter of what the deadline leaves after the pre-stop delay).
 DEFAULT_IDLE_CONNECTION_GRACE = 1.0
-#: Websockets still open this long after the drain started are closed (unless the deadline is
-#: shorter: then half of it).
-DEFAULT_WEBSOCKET_CLOSE_GRACE = 5.0
+#: Websockets and reconnectable streams still open this long after the pre-stop delay are
+#: ended by graceful_web (unless the deadline is shorter: then half of it).
+DEFAULT_LONG_LIVED_GRACE = 1.0
+#: 1012 (Service Restart, RFC 6455 as registered by IANA): the client reconnects, to another
+#: instance, at once.
+DEFAULT_WEBSOCKET_CLOSE_CODE = 1012
+#: Close codes an endpoint may not send (RFC 6455 7.4.1: reserved for "no code", "abnormal",
+#: "TLS failure").
+_RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
 
 # The timers after the deadline, each derived from the one before it.
 #: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).
@@ -43,6 +51,9 @@ APP_SHUTDOWN_BOUND = LATE_HOOK_TIME * 3 / 5
 #: The last-resort hard exit comes this long after the deadline: the unwinding and the late
 #: hook fit before it, and the process is gone by deadline + 1 s whatever the work does.
 HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
+#: Once a websocket got its close (or a stream its end), how long its handler may take to
+#: return before it is cancelled: a client answers a close within a round trip.
+CLOSE_HANDSHAKE_TIME = 1.0
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
@@ -67,12 +78,12 @@ class ServerSettings(DrainSettings, total=False):
     pre_stop_delay: float | None
     readiness_path: str | None
     idle_connection_grace: float | None
+    long_lived_grace: float | None
+    websocket_close_code: int | None
 
 
 class AsgiSettings(ServerSettings, total=False):
     """The settings of ``GracefulLifespan``."""
-
-    websocket_close_grace: float | None
 
 
 def config_of(
@@ -106,7 +117,8 @@ class Config:
     on_drain_started: Hook | None = None
     on_drain_finished: Hook | None = None
     idle_connection_grace: float = DEFAULT_IDLE_CONNECTION_GRACE  # 0: closed at once
-    websocket_close_grace: float = DEFAULT_WEBSOCKET_CLOSE_GRACE
+    long_lived_grace: float = DEFAULT_LONG_LIVED_GRACE
+    websocket_close_code: int = DEFAULT_WEBSOCKET_CLOSE_CODE
 
     @classmethod
     def build(cls, **settings: Unpack[AsgiSettings]) -> Config:
@@ -116,7 +128,6 @@ class Config:
         on_drain_started = settings.get("on_drain_started")
         on_drain_finished = settings.get("on_drain_finished")
         readiness_path = settings.get("readiness_path", "/readyz")
-        websocket_close_grace = settings.get("websocket_close_grace")
         timeout = _seconds(
             "drain_timeout", drain_timeout, DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT, False
         )
@@ -150,18 +161,20 @@ class Config:
                 f"({timeout:g} s) less pre_stop_delay ({delay:g} s): the grace is spent inside "
                 f"the one drain deadline, after the listeners close"
             )
-        websocket_grace = _check_seconds(
-            "websocket_close_grace",
-            min(DEFAULT_WEBSOCKET_CLOSE_GRACE, timeout / 2)
-            if websocket_close_grace is None
-            else websocket_close_grace,
-            allow_zero=True,
+        long_lived_grace = _seconds(
+            "long_lived_grace",
+            settings.get("long_lived_grace"),
+            LONG_LIVED_GRACE_ENV,
+            min(DEFAULT_LONG_LIVED_GRACE, (timeout - delay) / 2),
+            True,
         )
-        if websocket_grace >= timeout:
+        if long_lived_grace >= timeout - delay:
             raise ValueError(
-                f"websocket_close_grace ({websocket_grace:g} s) must be zero or more and "
-                f"shorter than drain_timeout ({timeout:g} s)"
+                f"long_lived_grace ({long_lived_grace:g} s) must be shorter than drain_timeout "
+                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): websockets and streams "
+                f"are ended inside the one drain deadline"
             )
+        close_code = _close_code(settings.get("websocket_close_code"))
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
         ):
@@ -179,8 +192,32 @@ class Config:
             on_drain_started=on_drain_started,
             on_drain_finished=on_drain_finished,
             idle_connection_grace=idle_grace,
-            websocket_close_grace=websocket_grace,
+            long_lived_grace=long_lived_grace,
+            websocket_close_code=close_code,
         )
+
+
+def _close_code(value: int | None) -> int:
+    name = "websocket_close_code"
+    if value is None:
+        raw = os.environ.get(WEBSOCKET_CLOSE_CODE_ENV, "").strip()
+        if not raw:
+            return DEFAULT_WEBSOCKET_CLOSE_CODE
+        name = WEBSOCKET_CLOSE_CODE_ENV
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"{name}={raw!r} is not a close code; set it to e.g. {name}=1012"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int close code such as 1012 or 1001, got {value!r}")
+    if not (1000 <= value <= 4999) or value in _RESERVED_CLOSE_CODES:
+        raise ValueError(
+            f"{name} must be a close code an endpoint may send (1000-4999, not 1004, 1005, "
+            f"1006 or 1015), e.g. 1012 (service restart) or 1001 (going away); got {value!r}"
+        )
+    return value
 
 
 def _seconds(name: str, value: float | None, env: str, default: float, allow_zero: bool) -> float:

@@ -26,6 +26,7 @@ import anyio
 
 from . import _hooks
 from ._config import CANCEL_GRACE, HARD_EXIT_AFTER, LATE_HOOK_TIME, Config
+from ._long_lived import LongLived
 from ._registry import Registry
 from ._report import (
     EXIT_HARD,
@@ -91,6 +92,7 @@ class Drain:
         self.wired = False  # an adapter has tied this drain into a server's shutdown
         self.report: DrainReport | None = None
         self.work = Registry(self._follow_ups_welcome)
+        self.long_lived = LongLived()
         self._abandoned: list[AbandonedWork] = []
         self._handed_over: list[AbandonedWork] = []
         self._shutdown_waiters: list[Callable[[], None]] = []
@@ -197,9 +199,12 @@ class Drain:
             return self.report
         self.phase = Phase.STOPPED
         started = self.started_at if self.started_at is not None else time.monotonic()
+        long_lived = self.long_lived
         report = DrainReport(
             reason=self.reason,
-            drained_requests=self.work.drained_requests,
+            # A websocket closed or a stream ended by the drain is counted apart, not as a
+            # request that finished by itself.
+            drained_requests=max(0, self.work.drained_requests - long_lived.count),
             drained_jobs=self.work.drained_jobs,
             failed_jobs=self.work.failed_jobs,
             refused_jobs=self.work.refused_jobs,
@@ -207,6 +212,8 @@ class Drain:
             duration=time.monotonic() - started,
             forced=self.forced,
             handed_over=tuple(self._handed_over),
+            websockets_closed=long_lived.websockets_closed,
+            streams_ended=long_lived.streams_ended,
         )
         for listener in tuple(report_listeners):
             try:
@@ -227,6 +234,15 @@ class Drain:
             )
         if self.config.progress_interval > 0:
             self._beside.start(self._progress)
+        self._beside.start(self._end_long_lived)
+
+    async def _end_long_lived(self) -> None:
+        # Timed from the drain's start for every server: the stop sequence spends the
+        # pre-stop delay before the listeners close, and holds the server's own stop until
+        # these ends are sent (a server that closes websockets itself does it unannounced).
+        await anyio.sleep(self.config.pre_stop_delay + self.config.long_lived_grace)
+        if not self.forced:
+            await self.long_lived.end_all()
 
     async def _progress(self) -> None:
         await progress_beat(

@@ -50,6 +50,10 @@ class DrainReport:
     #: Durable jobs still running at the deadline, cancelled with their records left for a
     #: successor: not lost, so they are no reason for a failing exit status.
     handed_over: tuple[AbandonedWork, ...] = ()
+    #: Websockets the drain closed (``websocket_close_code``) and reconnectable streams whose
+    #: body it ended, once their grace was over: ended politely, not abandoned.
+    websockets_closed: int = 0
+    streams_ended: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -146,11 +150,12 @@ def log_finished(report: DrainReport) -> None:
     log = logger.warning if report.abandoned else logger.info
     log(
         "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
-        "refused %d jobs, %sabandoned %d",
+        "%srefused %d jobs, %sabandoned %d",
         report.duration * 1000,
         report.drained_requests,
         report.drained_jobs,
         report.failed_jobs,
+        _ended_politely(report),
         report.refused_jobs,
         f"handed over {len(report.handed_over)}, " if report.handed_over else "",
         len(report.abandoned),
@@ -162,7 +167,17 @@ def log_finished(report: DrainReport) -> None:
             "graceful_refused_jobs": report.refused_jobs,
             "graceful_abandoned": len(report.abandoned),
             "graceful_handed_over": len(report.handed_over),
+            "graceful_websockets_closed": report.websockets_closed,
+            "graceful_streams_ended": report.streams_ended,
         },
+    )
+
+
+def _ended_politely(report: DrainReport) -> str:
+    if not (report.websockets_closed or report.streams_ended):
+        return ""
+    return (
+        f"closed {report.websockets_closed} websockets, ended {report.streams_ended} streams, "
     )
 
 

@@ -8,7 +8,9 @@ stop, timed from the drain's one deadline.
 3. The listeners close, once what waits in their accept queue was accepted (``_listeners``).
 4. The idle-connection grace (``idle_connection_grace``, inside what the delay leaves): a request
    already on its way on an idle connection is answered, with ``Connection: close``.
-5. The server is told to stop, the way its own signal handler would: it closes what is left and
+5. Websockets and reconnectable streams are ended politely (``_long_lived``) once
+   ``long_lived_grace`` is over.
+6. The server is told to stop, the way its own signal handler would: it closes what is left and
    sends its shutdown, whose end the drain holds back until protected work is done.
 
 A second signal forces: protected work is cancelled and the server told to stop at once.
@@ -145,6 +147,12 @@ class StopSequence:
                 await _listeners.answer_idle_connections(
                     lambda: connections.idle() or 0, self.config.idle_connection_grace
                 )
+            long_lived = self.drain.long_lived
+            if long_lived.any_open:
+                # A server closes what is left as it stops, websockets unannounced or with
+                # a code of its own: the drain's ends go first.
+                with anyio.move_on_after(self.drain.remaining()):
+                    await long_lived.wait_done()
         finally:
             self._tell_server(sig)
 

@@ -19,7 +19,7 @@ from typing import Unpack
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 
-from . import _census, _listeners
+from . import _aiohttp_long_lived, _census, _listeners
 from . import durable as _durable
 from ._aiohttp_stop import AiohttpServer, close_idle_connections
 from ._config import Config, ServerSettings, config_of
@@ -129,6 +129,7 @@ async def _on_startup(app: web.Application) -> None:
     drain.configure(state.config)
     state.drain = drain
     state.server = AiohttpServer(app, asyncio.current_task())
+    drain.long_lived.find_with(_aiohttp_long_lived.finder(state.config.websocket_close_code))
     loop = asyncio.get_running_loop()
     await _durable.startup()
     if _durable.active():
@@ -206,6 +207,13 @@ class _GracefulMiddleware:
             if not process.serving and current_drain().draining:
                 exc.force_close()
             raise
+        except asyncio.CancelledError:
+            if process.serving or not _ending_streams:
+                raise
+            ended = await _stream_ended_by_the_drain(_request_name(request))
+            if ended is None:
+                raise
+            response = ended
         finally:
             if not process.serving:
                 request_done()
@@ -231,6 +239,11 @@ async def _served_during_the_drain(
     except web.HTTPException as exc:
         exc.force_close()
         raise
+    except asyncio.CancelledError:
+        ended = await _stream_ended_by_the_drain(_request_name(request))
+        if ended is None:
+            raise
+        response = ended
     finally:
         inside_protected.reset(token)
         if entered:
@@ -240,6 +253,8 @@ async def _served_during_the_drain(
 
 
 _records_of_request = _durable.records_of_request
+_ending_streams = _aiohttp_long_lived.ending
+_stream_ended_by_the_drain = _aiohttp_long_lived.stream_ended_by_the_drain
 _durable_jobs = _durable.functions  # empty unless this process has durable jobs
 
 

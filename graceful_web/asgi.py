@@ -32,6 +32,7 @@ from ._asgi_send import (
     send_closing_when_draining,
     with_connection_close,
 )
+from ._asgi_stream import end_stream, is_ending, note_start
 from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
@@ -49,9 +50,11 @@ class GracefulLifespan:
     ``drain_timeout`` (else ``GRACEFUL_DRAIN_TIMEOUT``, else 25 s) is the one deadline from the
     stop signal to the end of the drain; ``pre_stop_delay`` (else ``GRACEFUL_PRE_STOP_DELAY``,
     else 0) keeps serving, readiness answering 503, before the server is told to stop.
-    Websockets still open ``websocket_close_grace`` seconds into the drain are closed with
-    1001. ``handle_signals=False`` leaves the signals to the server alone: the drain then
-    starts at lifespan shutdown.
+    Websockets and reconnectable streams (server-sent events) still open ``long_lived_grace``
+    seconds after the pre-stop delay are ended politely: websockets closed with
+    ``websocket_close_code`` (1012), streams given the proper end of their body.
+    ``handle_signals=False`` leaves the signals to the server alone: the drain then starts at
+    lifespan shutdown.
 
     Under uvicorn (and gunicorn's UvicornWorker), once the listeners close, connections with
     no request in progress stay open for ``idle_connection_grace`` seconds (else
@@ -104,8 +107,14 @@ class GracefulLifespan:
             )
         except Unrecorded:
             pass  # answered 503 in place of the app's response
+        except BaseException as exc:
+            if process.serving or not is_ending(send):
+                raise
+            _unwound_by_the_drain(exc)
         finally:
             if not process.serving:
+                if is_ending(send):
+                    await end_stream(send, _request_name(scope))
                 request_done()
 
     async def _uncommon(self, scope: Scope, receive: Receive, send: Send) -> bool:
@@ -173,28 +182,43 @@ class GracefulLifespan:
 
         records = _records_of_request() if _durable_jobs else None
 
+        task = _current_asyncio_task()
+        request_scope = anyio.CancelScope()
+
         async def send_closing_when_draining(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if records and not await records_written(send, records):
                     raise Unrecorded
+                # Under trio the drain ends a stream by this request's scope.
+                note_start(send, message, None if task is not None else request_scope.cancel)
                 if drain.draining:
                     message = with_connection_close(message)
+            elif is_ending(send):
+                return  # the drain is ending this stream: the app's own chunks stop here
             await send(message)
 
-        task = _current_asyncio_task()
         if task is None:
             # trio: cancelling the request means cancelling a scope around it.
-            with anyio.CancelScope() as request_scope:
+            with request_scope:
                 work = drain.request_started(_request_name(scope), request_scope.cancel)
                 try:
                     await self._protected(scope, receive, send_closing_when_draining)
                 finally:
+                    drain.long_lived.discard(send)
+                    if is_ending(send):
+                        await end_stream(send, _request_name(scope))
                     drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
         try:
             await self._protected(scope, receive, send_closing_when_draining)
+        except BaseException as exc:
+            if not is_ending(send):
+                raise
+            _unwound_by_the_drain(exc)
         finally:
+            if is_ending(send):
+                await end_stream(send, _request_name(scope))
             if entered:
                 drain.exit_request(task)
 
@@ -207,6 +231,17 @@ class GracefulLifespan:
             pass  # answered 503 in place of the app's response
         finally:
             inside_protected.reset(token)
+
+
+def _unwound_by_the_drain(exc: BaseException) -> None:
+    """The app of a stream the drain is ending unwound with ``exc``: the drain's cancel (taken
+    back, so the request ends as one that returned), or what the app raised on its way out."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    else:
+        logger.debug("a stream ended by the drain unwound with %r", exc)
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:

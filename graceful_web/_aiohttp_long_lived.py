@@ -1,0 +1,114 @@
+"""aiohttp's websockets and reconnectable streams, found for the drain when it ends them.
+
+While serving nothing is registered: when ``long_lived_grace`` is over, each request in flight
+(``_census``) is looked through for a prepared ``WebSocketResponse`` or streamed response in
+its handler's locals. A websocket is closed with aiohttp's own ``close()``, which hands the
+handler's ``receive()`` (``async for msg in ws``) the end of the connection; a stream's
+handler is cancelled, and the middleware then ends its body (``write_eof``) and returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from functools import partial
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from . import _census
+from ._config import CLOSE_HANDSHAKE_TIME
+from ._current import current_drain
+from ._long_lived import End, Finder, Kind, LongLived, reconnectable
+
+logger = logging.getLogger("graceful_web")
+
+#: The stream of each request task the drain is ending, until the middleware ended its body.
+ending: dict[asyncio.Task[Any], web.StreamResponse] = {}
+
+
+def finder(close_code: int) -> Finder:
+    """What finds this process's open websockets and reconnectable streams."""
+
+    def open_connections() -> Iterator[tuple[object, Kind, End]]:
+        long_lived = current_drain().long_lived
+        for task, call in _census.requests_in_flight(asyncio.get_running_loop()).items():
+            for local_values in _census.awaited_locals(call):
+                found = _connection(local_values, task, call, close_code, long_lived)
+                if found is not None:
+                    yield task, *found
+                    break
+
+    return open_connections
+
+
+def _connection(
+    local_values: Mapping[str, Any],
+    task: asyncio.Task[Any],
+    call: Any,
+    code: int,
+    long_lived: LongLived,
+) -> tuple[Kind, End] | None:
+    for value in local_values.values():
+        if isinstance(value, web.WebSocketResponse):
+            if value.prepared and not value.closed:
+                return "websocket", partial(_close_websocket, value, task, call, code, long_lived)
+        elif (
+            isinstance(value, web.StreamResponse)
+            and not isinstance(value, web.Response)
+            and value.prepared
+            and reconnectable(value.content_type, task)
+        ):
+            return "stream", partial(_end_stream, value, task)
+    return None
+
+
+async def _close_websocket(
+    websocket: web.WebSocketResponse,
+    task: asyncio.Task[Any],
+    call: Any,
+    code: int,
+    long_lived: LongLived,
+) -> None:
+    with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+        await websocket.close(code=code, message=b"service restart")
+    if websocket.closed:
+        long_lived.ended("websocket")
+    if task.done():
+        return
+    await asyncio.wait({task}, timeout=CLOSE_HANDSHAKE_TIME)
+    if not task.done():
+        logger.warning(
+            "websocket %s: its handler did not return within %.1f s of the close (%d): "
+            "cancelled",
+            _census.name(call),
+            CLOSE_HANDSHAKE_TIME,
+            code,
+        )
+        task.cancel()
+
+
+async def _end_stream(response: web.StreamResponse, task: asyncio.Task[Any]) -> None:
+    ending[task] = response
+    task.cancel()
+
+
+async def stream_ended_by_the_drain(name: str) -> web.StreamResponse | None:
+    """In the middleware, as a handler's cancellation comes through: the stream the drain
+    ended, its body now properly ended (the cancel taken back); None when the cancel is not
+    the drain's."""
+    task = asyncio.current_task()
+    response = ending.pop(task, None) if task is not None else None
+    if response is None or task is None:
+        return None
+    task.uncancel()
+    try:
+        with anyio.fail_after(CLOSE_HANDSHAKE_TIME):
+            await response.write_eof()
+    except Exception as exc:
+        logger.warning("stream %s: its end could not be sent (%r)", name, exc)
+    else:
+        current_drain().long_lived.ended("stream")
+    return response
