@@ -936,4 +936,16 @@ def long_lived_section(figures: LongLivedFigures) -> list[str]:
             f"| {run.signal_to_exit_s:.2f} s | {run.exit_status} | {run.peak_rss_mib:.0f} MiB |"
         )
     add("")
+    verdicts = [
+        f"{run.server} {_verdict(long_lived_met(run, figures.connections))}"
+        for run in figures.runs
+        if run.graceful
+    ]
+    add(
+        "Target with graceful_web: every websocket closed with 1012 or 1001 and every feed "
+        f"ended cleanly, the last one told at most `long_lived_grace` + 1 s after the signal, "
+        f"the exit at most {LONG_LIVED_EXIT_S:.0f} s after that, status 0: "
+        f"{'; '.join(verdicts)}."
+    )
+    add("")
     return out
