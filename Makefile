@@ -123,7 +123,9 @@ reload-table: $(STAMP)
 	rm -f .reload-figures.jsonl
 	GRACEFUL_RELOAD_FIGURES=$(CURDIR)/.reload-figures.jsonl GRACEFUL_RELOAD_TESTS=1 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/reload; status=$$?; \
-		$(PY) -m tests._reload_table .reload-figures.jsonl && $(PY) -m tests._restart_table && exit $$status
+		$(PY) -m tests._reload_table .reload-figures.jsonl && \
+		$(PY) -m tests._websocket_reload_table .reload-figures.jsonl && \
+		$(PY) -m tests._restart_table && exit $$status
 
 # The README's one table, what a restart loses bare and with graceful_web: summed from the
 # figures the docs pages hold (make demo, make test-docker, make test-swarm, make reload-table,
