@@ -12,6 +12,7 @@ import asyncio
 import logging
 import multiprocessing
 import signal
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -189,6 +190,97 @@ def hypercorn_graceful_timeout() -> float | None:
         if isinstance(graceful_timeout, (int, float)):
             return float(graceful_timeout)
     return None
+
+
+def hypercorn_h2_protocols(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """The ``H2Protocol`` of each HTTP/2 connection hypercorn's asyncio worker serves on
+    ``loop``: each runs a task of its ``send_task`` (hypercorn.protocol.h2), whose ``self`` it
+    is."""
+    if "hypercorn.protocol.h2" not in sys.modules:
+        return []
+    found = []
+    for task in asyncio.all_tasks(loop):
+        frames = _awaited_frames(task)
+        frame = frames[0] if frames else None
+        if (
+            frame is not None
+            and frame.f_code.co_name == "send_task"
+            and frame.f_globals.get("__name__") == "hypercorn.protocol.h2"
+        ):
+            protocol = frame.f_locals.get("self")
+            if protocol is not None:
+                found.append(protocol)
+    return found
+
+
+#: RFC 9113 error codes: a stream refused before any processing may be retried elsewhere.
+_H2_NO_ERROR = 0x0
+_H2_REFUSED_STREAM = 0x7
+_H2_CONNECTION_CLOSED = 3  # h2.connection.ConnectionState.CLOSED
+
+
+def hypercorn_h2_go_away(protocol: Any) -> bool:
+    """Start the graceful close of one of hypercorn's HTTP/2 connections (RFC 9113 6.8), as
+    hyper (granian) and Go do: GOAWAY now, naming the last stream it will answer; the streams up
+    to it are answered in full; a stream the client opened later is refused (RST_STREAM
+    REFUSED_STREAM, safe to retry elsewhere); hypercorn's own final GOAWAY, once the streams
+    are done, names the same last stream. False when the connection is not of the shape
+    known (hypercorn's ``H2Protocol`` over h2's ``H2Connection``), or already closed.
+
+    hypercorn alone sends its one GOAWAY only once every stream has ended, naming the streams
+    it reset meanwhile too, and resets those with NO_ERROR, which tells a client nothing."""
+    connection = getattr(protocol, "connection", None)
+    state = getattr(getattr(connection, "state_machine", None), "state", None)
+    last = getattr(connection, "highest_inbound_stream_id", None)
+    send = getattr(protocol, "send", None)
+    create_stream = getattr(protocol, "_create_stream", None)
+    raw_data = getattr(sys.modules.get("hypercorn.events"), "RawData", None)
+    if (
+        not isinstance(last, int)
+        or state is None
+        or not callable(send)
+        or not callable(create_stream)
+        or raw_data is None
+        or not all(callable(getattr(connection, name, None))
+                   for name in ("reset_stream", "close_connection"))
+    ):
+        return False
+    if int(getattr(state, "value", state)) == _H2_CONNECTION_CLOSED:
+        return False
+    if getattr(connection.close_connection, "__name__", "") == "close_naming_last":
+        return True  # told already (a second signal)
+    reset_stream = connection.reset_stream
+    close_connection = connection.close_connection
+
+    def refuse(stream_id: int, error_code: int = _H2_REFUSED_STREAM) -> Any:
+        return reset_stream(stream_id, error_code)
+
+    def close_naming_last(
+        error_code: int = _H2_NO_ERROR, additional_data: bytes | None = None,
+        last_stream_id: int | None = None,
+    ) -> Any:
+        return close_connection(error_code, additional_data,
+                                last if last_stream_id is None else last_stream_id)
+
+    async def create_or_refuse(request: Any) -> None:
+        # Before hypercorn itself knows it is stopping: a stream past the GOAWAY's last one.
+        if request.stream_id > last:
+            refuse(request.stream_id)
+            return
+        await create_stream(request)
+
+    connection.reset_stream = refuse  # hypercorn resets streams that come once it is stopping
+    connection.close_connection = close_naming_last
+    protocol._create_stream = create_or_refuse
+    goaway = (8).to_bytes(3, "big") + bytes((0x7, 0)) + (0).to_bytes(4, "big")
+    goaway += last.to_bytes(4, "big") + _H2_NO_ERROR.to_bytes(4, "big")
+    task = asyncio.get_running_loop().create_task(send(raw_data(data=goaway)))
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+    return True
+
+
+_sending: set[asyncio.Task[Any]] = set()
 
 
 # -- asyncio tasks -----------------------------------------------------------------------
