@@ -229,7 +229,7 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
 
     hypercorn alone sends its one GOAWAY only once every stream has ended, naming the streams
     it reset meanwhile too, and resets those with NO_ERROR, which tells a client nothing."""
-    connection = getattr(protocol, "connection", None)
+    connection: Any = getattr(protocol, "connection", None)
     state = getattr(getattr(connection, "state_machine", None), "state", None)
     last = getattr(connection, "highest_inbound_stream_id", None)
     send = getattr(protocol, "send", None)
