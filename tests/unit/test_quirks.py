@@ -264,6 +264,49 @@ def test_hypercorn_asyncio_workers_keep_their_listeners_in_worker_serve() -> Non
     )
 
 
+def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> None:
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.config import Config
+
+    from tests.support.h2client import REFUSED_STREAM, GoAway, H2Client
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> tuple[list[Any], bool, H2Client]:
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            worker_serve(ASGIWrapper(app), config, shutdown_trigger=stop.wait)
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            listeners = await _eventually(lambda: _quirks.hypercorn_listeners(loop))
+            client = H2Client(listeners[0].sockets[0].getsockname()[1])
+            first = client.get("/")
+            await _eventually(lambda: client.streams[first].ended)
+            found: list[Any] = await _eventually(lambda: _quirks.hypercorn_h2_protocols(loop))
+            told = bool(found) and _quirks.hypercorn_h2_go_away(found[0])
+            await _eventually(lambda: client.goaways)
+            late = client.get("/")
+            await _eventually(lambda: client.streams[late].reset is not None)
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 10)
+            client.close()
+        return found, told, client
+
+    found, told, client = asyncio.run(scenario())
+    shape = _canary("hypercorn", "hypercorn.protocol.h2.H2Protocol (send_task, connection)")
+    assert len(found) == 1 and told, shape
+    assert client.goaways[0] == GoAway(last_stream_id=1, error_code=0), shape
+    assert client.streams[3].reset == REFUSED_STREAM and client.streams[3].status is None, shape
+
+
 # -- aiohttp ---------------------------------------------------------------------------------
 
 
