@@ -11,6 +11,7 @@ from . import durable as _durable
 from ._asgi_lifespan import Message, Send
 from ._current import current_drain
 from ._drain import Drain, process
+from ._undelivered import send_or_note_undelivered
 
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
@@ -29,7 +30,7 @@ def send_closing_when_draining(send: Send, message: Message) -> Awaitable[None]:
     # another instance instead of to a closing socket.
     if message["type"] == "http.response.start" and current_drain().draining:
         message = with_connection_close(message)
-    return send(message)
+    return send_or_note_undelivered(send, message)
 
 
 def recorded_and_closing(send: Send, records: list[asyncio.Future[None]]) -> Send:

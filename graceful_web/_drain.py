@@ -207,6 +207,7 @@ class Drain:
             duration=time.monotonic() - started,
             forced=self.forced,
             handed_over=tuple(self._handed_over),
+            undelivered=tuple(self.work.undelivered),
         )
         for listener in tuple(report_listeners):
             try:
@@ -302,6 +303,9 @@ class Drain:
 
     def exit_request(self, task: asyncio.Task[Any]) -> None:
         self.work.exit_request(task)
+
+    def undeliverable(self, task: asyncio.Task[Any]) -> None:
+        self.work.undeliverable(task)
 
     def protected_futures(self) -> set[asyncio.Future[Any]]:
         return self.work.protected_futures()

@@ -283,6 +283,25 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
 _sending: set[asyncio.Task[Any]] = set()
 
 
+# -- responses ---------------------------------------------------------------------------
+
+
+def connection_gone(send: object) -> bool:
+    """Whether a server's ``send`` for one response says its connection is gone, so that what
+    is sent on it is dropped without a word: uvicorn's ``RequestResponseCycle.disconnected``
+    (both HTTP implementations), hypercorn's ``HTTPStream.closed`` (HTTP/1.1 and HTTP/2; set
+    as the stream closes, so it counts only before the response's last message)."""
+    owner = getattr(send, "__self__", None)
+    if owner is None:
+        return False
+    module = type(owner).__module__
+    if module.startswith("uvicorn.protocols.http."):
+        return getattr(owner, "disconnected", False) is True
+    if module == "hypercorn.protocol.http_stream":
+        return getattr(owner, "closed", False) is True
+    return False
+
+
 # -- asyncio tasks -----------------------------------------------------------------------
 
 

@@ -50,6 +50,10 @@ class DrainReport:
     #: Durable jobs still running at the deadline, cancelled with their records left for a
     #: successor: not lost, so they are no reason for a failing exit status.
     handed_over: tuple[AbandonedWork, ...] = ()
+    #: Requests whose handler finished but whose response the server could not deliver (its
+    #: connection closed under it): not counted as drained. Not the process's own loss (a
+    #: client that hangs up does it too), so no reason for a failing exit status either.
+    undelivered: tuple[AbandonedWork, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -136,6 +140,14 @@ def _log_cut(message: str, work: AbandonedWork, extra: dict[str, object]) -> Non
     logger.warning(message, work.kind, work.name, work.age, extra={**fields, **extra})
 
 
+def log_undelivered(work: AbandonedWork) -> None:
+    _log_cut(
+        "undelivered %s %r after %.1f s: its connection closed under the response",
+        work,
+        {"graceful_undelivered": True},
+    )
+
+
 def log_forced(reason: str, in_flight: int) -> None:
     logger.warning(
         "second signal (%s): cancelling %d pieces of protected work now", reason, in_flight
@@ -146,13 +158,14 @@ def log_finished(report: DrainReport) -> None:
     log = logger.warning if report.abandoned else logger.info
     log(
         "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
-        "refused %d jobs, %sabandoned %d",
+        "refused %d jobs, %s%sabandoned %d",
         report.duration * 1000,
         report.drained_requests,
         report.drained_jobs,
         report.failed_jobs,
         report.refused_jobs,
         f"handed over {len(report.handed_over)}, " if report.handed_over else "",
+        f"undelivered {len(report.undelivered)}, " if report.undelivered else "",
         len(report.abandoned),
         extra={
             "graceful_duration_ms": round(report.duration * 1000, 1),
@@ -162,6 +175,7 @@ def log_finished(report: DrainReport) -> None:
             "graceful_refused_jobs": report.refused_jobs,
             "graceful_abandoned": len(report.abandoned),
             "graceful_handed_over": len(report.handed_over),
+            "graceful_undelivered": len(report.undelivered),
         },
     )
 

@@ -36,6 +36,7 @@ from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
+from ._undelivered import send_or_note_undelivered
 from ._work import inside_protected
 
 __all__ = ["GracefulLifespan"]
@@ -179,7 +180,7 @@ class GracefulLifespan:
                     raise Unrecorded
                 if drain.draining:
                     message = with_connection_close(message)
-            await send(message)
+            await send_or_note_undelivered(send, message)
 
         task = _current_asyncio_task()
         if task is None:

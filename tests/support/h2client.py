@@ -103,6 +103,9 @@ class H2Client:
 
     def close(self) -> None:
         try:
+            # shutdown first: close() alone leaves the socket open while the reader is in recv
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
         finally:
             self._reader.join(timeout=5)

@@ -1,0 +1,58 @@
+"""A response the server cannot deliver, its connection closed under it during the drain, is
+named in the report and not counted as drained: uvicorn (HTTP/1.1, which drops it without a
+word) and hypercorn (HTTP/2, likewise)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+
+import pytest
+
+from tests.support.h2client import H2Client
+from tests.support.polling import wait_until
+from tests.support.servers import StartServer
+
+PY = sys.executable
+APP = "tests.apps.asgi_app:app"
+ENV = {"GRACEFUL_DRAIN_TIMEOUT": "10"}
+SERVERS = {
+    "uvicorn HTTP/1.1": ["tests.apps.asgi_app"],
+    "hypercorn HTTP/2": [PY, "-m", "hypercorn", "-w", "0", APP, "--bind", "127.0.0.1:{port}",
+                         "--graceful-timeout", "10"],
+}
+
+
+class Http1:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    def get(self, path: str) -> None:
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_a_response_whose_connection_closed_under_it_is_named_not_drained(
+    start_server: StartServer, name: str
+) -> None:
+    argv = SERVERS[name]
+    server = start_server(argv[0] if len(argv) == 1 else argv, env=ENV)
+    connect = Http1 if name.startswith("uvicorn") else H2Client
+    kept, cut = connect(server.port), connect(server.port)
+    try:
+        kept.get("/slow-recorded?ms=1500&id=kept")
+        cut.get("/slow-recorded?ms=1500&id=cut")
+        wait_until(lambda: {"start:kept", "start:cut"} <= set(server.events()), 10, "both started")
+        server.send(signal.SIGTERM)
+        server.wait_for_log("drain started")
+        cut.close()  # the client goes: the response that is still being made has nowhere to go
+        assert server.wait_exit(15) == 0, server.log()
+    finally:
+        kept.close()
+    log = server.log()
+    assert "undelivered request 'GET /slow-recorded' after 1." in log, log
+    assert "drained 1 requests" in log and "undelivered 1," in log, log
