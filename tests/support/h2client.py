@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import hpack
@@ -90,11 +91,11 @@ class H2Client:
             self._send(headers.serialize())
         return stream_id
 
-    def wait(self, done: object, timeout: float) -> bool:
+    def wait(self, done: Callable[[], object], timeout: float) -> bool:
         """Wait until ``done()`` holds (read under the client's lock); False at the timeout."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not done():  # type: ignore[operator]
+            while not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
