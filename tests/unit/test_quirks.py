@@ -277,6 +277,7 @@ def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> No
             await send({"type": "http.response.body", "body": b"ok"})
 
     async def scenario() -> tuple[list[Any], bool, H2Client]:
+        client: H2Client | None = None
         config = Config()
         config.bind = ["127.0.0.1:0"]
         stop = asyncio.Event()
@@ -295,9 +296,10 @@ def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> No
             late = client.get("/")
             await _eventually(lambda: client.streams[late].reset is not None)
         finally:
+            if client is not None:
+                client.close()  # first: hypercorn waits for its connections as it stops
             stop.set()
             await asyncio.wait_for(serving, 10)
-            client.close()
         return found, told, client
 
     found, told, client = asyncio.run(scenario())
@@ -305,6 +307,31 @@ def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> No
     assert len(found) == 1 and told, shape
     assert client.goaways[0] == GoAway(last_stream_id=1, error_code=0), shape
     assert client.streams[3].reset == REFUSED_STREAM and client.streams[3].status is None, shape
+
+
+def test_hypercorn_streams_say_when_their_connection_is_gone() -> None:
+    from hypercorn.config import Config
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    stream = HTTPStream(None, Config(), None, None, False, None, None, None, 1)  # type: ignore[arg-type]
+    shape = _canary("hypercorn", "hypercorn.protocol.http_stream.HTTPStream.closed")
+    assert _quirks.connection_gone(stream.app_send) is False, shape
+    stream.closed = True  # as its StreamClosed event sets it
+    assert _quirks.connection_gone(stream.app_send) is True, shape
+
+
+@pytest.mark.parametrize("implementation", ["httptools_impl", "h11_impl"])
+def test_uvicorn_request_cycles_say_when_their_connection_is_gone(implementation: str) -> None:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"uvicorn.protocols.http.{implementation}")
+    cycle = module.RequestResponseCycle
+    shape = _canary("uvicorn", f"uvicorn.protocols.http.{implementation}.RequestResponseCycle")
+    assert "self.disconnected = False" in inspect.getsource(cycle.__init__), shape
+    gone = object.__new__(cycle)
+    gone.disconnected = True
+    assert _quirks.connection_gone(gone.send) is True, shape
 
 
 # -- aiohttp ---------------------------------------------------------------------------------
