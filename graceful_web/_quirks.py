@@ -200,16 +200,10 @@ def hypercorn_h2_protocols(loop: asyncio.AbstractEventLoop) -> list[Any]:
         return []
     found = []
     for task in asyncio.all_tasks(loop):
-        frames = _awaited_frames(task)
-        frame = frames[0] if frames else None
-        if (
-            frame is not None
-            and frame.f_code.co_name == "send_task"
-            and frame.f_globals.get("__name__") == "hypercorn.protocol.h2"
-        ):
-            protocol = frame.f_locals.get("self")
-            if protocol is not None:
-                found.append(protocol)
+        for frame in _awaited_frames(task)[:1]:
+            name = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+            if name == ("hypercorn.protocol.h2", "send_task") and "self" in frame.f_locals:
+                found.append(frame.f_locals["self"])
     return found
 
 
@@ -232,18 +226,12 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
     connection: Any = getattr(protocol, "connection", None)
     state = getattr(getattr(connection, "state_machine", None), "state", None)
     last = getattr(connection, "highest_inbound_stream_id", None)
-    send = getattr(protocol, "send", None)
-    create_stream = getattr(protocol, "_create_stream", None)
-    raw_data = getattr(sys.modules.get("hypercorn.events"), "RawData", None)
-    if (
-        not isinstance(last, int)
-        or state is None
-        or not callable(send)
-        or not callable(create_stream)
-        or raw_data is None
-        or not all(callable(getattr(connection, name, None))
-                   for name in ("reset_stream", "close_connection"))
-    ):
+    send: Any = getattr(protocol, "send", None)
+    create_stream: Any = getattr(protocol, "_create_stream", None)
+    raw_data: Any = getattr(sys.modules.get("hypercorn.events"), "RawData", None)
+    callables = (send, create_stream, raw_data, *(getattr(connection, name, None) for name in
+                 ("reset_stream", "close_connection")))
+    if not isinstance(last, int) or state is None or not all(map(callable, callables)):
         return False
     if int(getattr(state, "value", state)) == _H2_CONNECTION_CLOSED:
         return False
@@ -272,8 +260,9 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
     connection.reset_stream = refuse  # hypercorn resets streams that come once it is stopping
     connection.close_connection = close_naming_last
     protocol._create_stream = create_or_refuse
-    goaway = (8).to_bytes(3, "big") + bytes((0x7, 0)) + (0).to_bytes(4, "big")
-    goaway += last.to_bytes(4, "big") + _H2_NO_ERROR.to_bytes(4, "big")
+    # A GOAWAY frame (length 8, type 7, no flags, stream 0), written past h2's state machine,
+    # which would close the connection to every frame after it.
+    goaway = bytes.fromhex("000008070000000000") + last.to_bytes(4, "big") + bytes(4)
     task = asyncio.get_running_loop().create_task(send(raw_data(data=goaway)))
     _sending.add(task)
     task.add_done_callback(_sending.discard)
