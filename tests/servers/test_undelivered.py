@@ -23,6 +23,8 @@ SERVERS = {
                            "--graceful-timeout", "10"],
 }
 SERVERS["hypercorn HTTP/2"] = SERVERS["hypercorn HTTP/1.1"]
+SERVERS["granian HTTP/1.1"] = [PY, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                               "--port", "{port}", APP]
 
 
 class Http1:
@@ -36,7 +38,17 @@ class Http1:
         self.sock.close()
 
 
-@pytest.mark.parametrize("name", list(SERVERS))
+GRANIAN_SAYS_NOTHING = pytest.mark.xfail(
+    strict=True,
+    reason="granian's send (Rust) drops the response without a word and shows nothing of its "
+    "connection to Python: counted as drained",
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=GRANIAN_SAYS_NOTHING) if "granian" in n else n for n in SERVERS],
+)
 def test_a_response_whose_connection_closed_under_it_is_named_not_drained(
     start_server: StartServer, name: str
 ) -> None:
