@@ -9,9 +9,11 @@ Nothing here imports a web framework: the objects are handed in, or found by nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
+import ssl
 import sys
 from importlib import metadata
 from typing import Any
@@ -214,15 +216,12 @@ _H2_CONNECTION_CLOSED = 3  # h2.connection.ConnectionState.CLOSED
 
 
 def hypercorn_h2_go_away(protocol: Any) -> bool:
-    """Start the graceful close of one of hypercorn's HTTP/2 connections (RFC 9113 6.8), as
-    hyper (granian) and Go do: GOAWAY now, naming the last stream it will answer; the streams up
-    to it are answered in full; a stream the client opened later is refused (RST_STREAM
-    REFUSED_STREAM, safe to retry elsewhere); hypercorn's own final GOAWAY, once the streams
-    are done, names the same last stream. False when the connection is not of the shape
-    known (hypercorn's ``H2Protocol`` over h2's ``H2Connection``), or already closed.
-
-    hypercorn alone sends its one GOAWAY only once every stream has ended, naming the streams
-    it reset meanwhile too, and resets those with NO_ERROR, which tells a client nothing."""
+    """Close one of hypercorn's HTTP/2 connections gracefully (RFC 9113 6.8), as hyper and Go
+    do: GOAWAY now, naming the last stream it will answer; a stream opened later is refused
+    with REFUSED_STREAM (safe to retry elsewhere); hypercorn's final GOAWAY names the same
+    stream; a client writing after the TLS close (a WINDOW_UPDATE on the wire) no longer ends
+    hypercorn with status 1. False when the shape is not the one known, or it is closed.
+    (hypercorn alone: one GOAWAY once every stream is done, later streams reset NO_ERROR.)"""
     connection: Any = getattr(protocol, "connection", None)
     state = getattr(getattr(connection, "state_machine", None), "state", None)
     last = getattr(connection, "highest_inbound_stream_id", None)
@@ -243,12 +242,11 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
     def refuse(stream_id: int, error_code: int = _H2_REFUSED_STREAM) -> Any:
         return reset_stream(stream_id, error_code)
 
-    def close_naming_last(
-        error_code: int = _H2_NO_ERROR, additional_data: bytes | None = None,
-        last_stream_id: int | None = None,
-    ) -> Any:
-        return close_connection(error_code, additional_data,
-                                last if last_stream_id is None else last_stream_id)
+    def close_naming_last(error_code: int = _H2_NO_ERROR, *args: Any, **kwargs: Any) -> Any:
+        # What the client sends after it (a WINDOW_UPDATE) is ignored: h2 would answer it
+        # with a second GOAWAY, PROTOCOL_ERROR, its streams all answered.
+        connection.receive_data = lambda data: []
+        return close_connection(error_code, *args, **{"last_stream_id": last, **kwargs})
 
     async def create_or_refuse(request: Any) -> None:
         # Before hypercorn itself knows it is stopping: a stream past the GOAWAY's last one.
@@ -260,6 +258,15 @@ def hypercorn_h2_go_away(protocol: Any) -> bool:
     connection.reset_stream = refuse  # hypercorn resets streams that come once it is stopping
     connection.close_connection = close_naming_last
     protocol._create_stream = create_or_refuse
+    tcp_server = getattr(send, "__self__", None)  # hypercorn.asyncio.tcp_server.TCPServer
+    close = getattr(tcp_server, "_close", None)
+    if callable(close):
+
+        async def close_despite_late_tls_data() -> None:
+            with contextlib.suppress(ssl.SSLError):  # APPLICATION_DATA_AFTER_CLOSE_NOTIFY
+                await close()
+
+        tcp_server._close = close_despite_late_tls_data  # type: ignore[union-attr]
     # A GOAWAY frame (length 8, type 7, no flags, stream 0), written past h2's state machine,
     # which would close the connection to every frame after it.
     goaway = bytes.fromhex("000008070000000000") + last.to_bytes(4, "big") + bytes(4)

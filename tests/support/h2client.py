@@ -54,7 +54,11 @@ class GoAway:
 class H2Client:
     """One HTTP/2 connection (h2c with prior knowledge, or h2 over TLS with ALPN)."""
 
-    def __init__(self, port: int, *, tls: bool = False, timeout: float = 30.0) -> None:
+    def __init__(
+        self, port: int, *, tls: bool = False, timeout: float = 30.0, give_back: int = WINDOW // 2
+    ) -> None:
+        """``give_back``: how many bytes read before the window is given back (1: a
+        WINDOW_UPDATE for every DATA frame, which may cross the server's close on the wire)."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls:
             context = ssl.create_default_context()
@@ -71,6 +75,7 @@ class H2Client:
         self._decoder = hpack.Decoder()
         self._next_id = 1
         self._used: dict[int, int] = {}  # flow-controlled bytes not yet given back, by window
+        self._give_back = give_back
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._send(PREFACE + SettingsFrame(0).serialize())
@@ -112,11 +117,11 @@ class H2Client:
             self._reader.join(timeout=5)
 
     def _consumed(self, stream_id: int, length: int) -> None:
-        """Give the window back once half of it is used, as nghttp2 does (not for every frame:
-        a small response then needs nothing sent back)."""
+        """Give the window back once ``give_back`` bytes of it are used (by default half of
+        it, as nghttp2 does: a small response then needs nothing sent back)."""
         for window in (0, stream_id):
             used = self._used.get(window, 0) + length
-            if used >= WINDOW // 2:
+            if used >= self._give_back:
                 update = WindowUpdateFrame(window)
                 update.window_increment = used
                 self._send(update.serialize())

@@ -305,6 +305,8 @@ def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> No
     found, told, client = asyncio.run(scenario())
     shape = _canary("hypercorn", "hypercorn.protocol.h2.H2Protocol (send_task, connection)")
     assert len(found) == 1 and told, shape
+    tcp_server = found[0].send.__self__  # its close no longer fails on TLS data after it
+    assert tcp_server._close.__name__ == "close_despite_late_tls_data", shape
     assert client.goaways[0] == GoAway(last_stream_id=1, error_code=0), shape
     assert client.streams[3].reset == REFUSED_STREAM and client.streams[3].status is None, shape
 
