@@ -12,6 +12,7 @@ from ._asgi_lifespan import Message, Send
 from ._asgi_stream import is_ending, note_start
 from ._current import current_drain
 from ._drain import Drain, process
+from ._undelivered import send_or_note_undelivered
 
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
@@ -40,7 +41,7 @@ def _send_draining(send: Send, message: Message) -> Awaitable[None]:
             message = with_connection_close(message)
     elif is_ending(send):
         return _dropped()  # the drain is ending this stream: the app's own chunks stop here
-    return send(message)
+    return send_or_note_undelivered(send, message)
 
 
 async def _dropped() -> None:

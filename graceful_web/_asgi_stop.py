@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 
-from . import _quirks, _signals
+from . import _hypercorn, _quirks, _signals
 from ._drain import Drain
 from ._report import forced_exit_code
 from ._stop import Connections, StopSequence
@@ -53,6 +53,7 @@ class AsyncioServer:
 
     def stop(self, sig: signal.Signals, installed: _signals.Installed | None) -> None:
         stop_signal = self.server_stop.get(sig)
+        _hypercorn.go_away_h2(asyncio.get_running_loop())
         if installed is not None and stop_signal is not None:
             installed.deliver(stop_signal)
 

@@ -37,6 +37,7 @@ from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
+from ._undelivered import send_or_note_undelivered
 from ._without_lifespan import WithoutLifespan
 from ._work import inside_protected
 
@@ -188,7 +189,7 @@ class GracefulLifespan:
                     message = with_connection_close(message)
             elif is_ending(send):
                 return  # the drain is ending this stream: the app's own chunks stop here
-            await send(message)
+            await send_or_note_undelivered(send, message)
 
         if task is None:
             # trio: cancelling the request means cancelling a scope around it.

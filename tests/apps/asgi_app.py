@@ -9,6 +9,7 @@ uvicorn's loop and HTTP parser (auto by default).
 HANDLE_SIGNALS=0 leaves the signals to the server (``handle_signals=False``).
 RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts;
 STARTUP_DELAY_MS=N makes the inner lifespan startup log "startup hook running" and sleep N ms.
+WITHOUT_GRACEFUL=1 serves the inner app as it is, for the bare server's figures.
 """
 
 from __future__ import annotations
@@ -238,6 +239,8 @@ def build() -> Any:
     )
     if os.environ.get("RECORD_REQUESTS") == "1":
         return GracefulLifespan(recording_requests(inner), **options)
+    if os.environ.get("WITHOUT_GRACEFUL") == "1":
+        return inner  # the bare server, side by side
     return GracefulLifespan(inner, **options)
 
 

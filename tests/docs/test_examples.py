@@ -64,7 +64,8 @@ LOG_SHAPES = [
         r"draining: \d+ requests and \d+ jobs left, oldest (request|job) '[^']+' \([\d.]+ s\), "
         r"[\d.]+ s to the deadline",
         r"drain finished in \d+ ms: drained \d+ requests and \d+ jobs \(\d+ failed\), "
-        r"refused \d+ jobs, (handed over \d+, )?abandoned \d+",
+        r"refused \d+ jobs, (handed over \d+, )?(undelivered \d+, )?abandoned \d+",
+        r"undelivered request '[^']+' after [\d.]+ s: its connection closed under the response",
         r"handed over job '[^']+' after [\d.]+ s: its record stays for the next process",
         r"\d+ durable jobs wait in the store for a function this process does not have, '[^']+': "
         r"register it \(@durable.job\(name='[^']+'\)\) where it now lives, or they wait for a "
