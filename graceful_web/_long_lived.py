@@ -182,6 +182,9 @@ async def _waited(follow_up: Awaitable[None]) -> None:
 # -- which streams are reconnectable ----------------------------------------------------------
 
 _EVENT_STREAM = "text/event-stream"
+#: Whether any handler of this process ever marked a stream: until then a response's start is
+#: looked at only when it is an event stream (the request path's cost).
+marked = False
 _marked: contextvars.ContextVar[StreamKind | None] = contextvars.ContextVar(
     "graceful_web_stream", default=None
 )
@@ -206,6 +209,8 @@ def mark_stream(kind: StreamKind) -> None:
             f"mark_stream() takes 'finishing' (drained to its end) or 'reconnectable' (ended "
             f"once the drain's grace is over, the client reconnects), got {kind!r}"
         )
+    global marked
+    marked = True
     _marked.set(kind)
     try:
         task = asyncio.current_task()
