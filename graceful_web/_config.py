@@ -154,32 +154,21 @@ class Config:
             DEFAULT_PROGRESS_INTERVAL,
             True,
         )
-        idle_grace = _seconds(
+        idle_grace = _grace_after_delay(
             "idle_connection_grace",
             settings.get("idle_connection_grace"),
             IDLE_CONNECTION_GRACE_ENV,
             min(DEFAULT_IDLE_CONNECTION_GRACE, (timeout - delay) / 4),
-            True,
-        )
-        if idle_grace >= timeout - delay:
-            raise ValueError(
-                f"idle_connection_grace ({idle_grace:g} s) must be shorter than drain_timeout "
-                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): the grace is spent inside "
-                f"the one drain deadline, after the listeners close"
-            )
-        long_lived_grace = _seconds(
+            (timeout, delay, "the grace is spent inside the one drain deadline, after the "
+             "listeners close"),
+        )  # fmt: skip
+        long_lived_grace = _grace_after_delay(
             "long_lived_grace",
             settings.get("long_lived_grace"),
             LONG_LIVED_GRACE_ENV,
             min(DEFAULT_LONG_LIVED_GRACE, (timeout - delay) / 2),
-            True,
+            (timeout, delay, "websockets and streams are ended inside the one drain deadline"),
         )
-        if long_lived_grace >= timeout - delay:
-            raise ValueError(
-                f"long_lived_grace ({long_lived_grace:g} s) must be shorter than drain_timeout "
-                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): websockets and streams "
-                f"are ended inside the one drain deadline"
-            )
         close_code = _close_code(settings.get("websocket_close_code"))
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
@@ -224,6 +213,24 @@ def _close_code(value: int | None) -> int:
             f"1006 or 1015), e.g. 1012 (service restart) or 1001 (going away); got {value!r}"
         )
     return value
+
+
+def _grace_after_delay(
+    name: str,
+    value: float | None,
+    env: str,
+    default: float,
+    bound: tuple[float, float, str],
+) -> float:
+    """A grace spent after the pre-stop delay, inside the deadline: checked against both."""
+    grace = _seconds(name, value, env, default, True)
+    timeout, delay, why = bound
+    if grace >= timeout - delay:
+        raise ValueError(
+            f"{name} ({grace:g} s) must be shorter than drain_timeout ({timeout:g} s) less "
+            f"pre_stop_delay ({delay:g} s): {why}"
+        )
+    return grace
 
 
 def _seconds(name: str, value: float | None, env: str, default: float, allow_zero: bool) -> float:
