@@ -120,3 +120,20 @@ def _warn_if_graceful_timeout_is_short(drain_timeout: float) -> None:
             drain_timeout,
             drain_timeout,
         )
+
+
+_warned_h2_under_trio = False
+
+
+def warn_h2_under_trio(scope: Any) -> None:
+    """Once, at the first HTTP/2 request under trio, where the drain's GOAWAY is not sent."""
+    global _warned_h2_under_trio
+    if _warned_h2_under_trio or scope.get("http_version") != "2":
+        return
+    _warned_h2_under_trio = True
+    logger.warning(
+        "HTTP/2 under trio: at a stop its connections get hypercorn's own GOAWAY only once "
+        "every stream is done, and streams opened meanwhile are reset with NO_ERROR (a client "
+        "cannot tell it may retry them). Run hypercorn on asyncio or uvloop (-k asyncio, "
+        "-k uvloop) for the drain's GOAWAY at the signal"
+    )

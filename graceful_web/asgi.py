@@ -37,6 +37,7 @@ from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
+from ._hypercorn import warn_h2_under_trio
 from ._undelivered import send_or_note_undelivered
 from ._without_lifespan import WithoutLifespan
 from ._work import inside_protected
@@ -193,6 +194,7 @@ class GracefulLifespan:
 
         if task is None:
             # trio: cancelling the request means cancelling a scope around it.
+            warn_h2_under_trio(scope)
             work = drain.request_started(_request_name(scope), request_scope.cancel)
             try:
                 with request_scope:

@@ -168,3 +168,14 @@ def test_streams_in_flight_are_answered_in_full_and_later_ones_refused(
         assert stream.status is None and not stream.body, stream
         assert stream.reset == refused, stream
         assert stream_id > client.goaways[-1].last_stream_id
+
+
+def test_http2_under_trio_is_said_once_at_its_first_request(
+    start_server: StartServer, clients: list[H2Client]
+) -> None:
+    server = start_server(_hypercorn("-k", "trio"), env={"GRACEFUL_DRAIN_TIMEOUT": "5"})
+    clients.append(H2Client(server.port, timeout=5))
+    for _ in range(2):
+        stream = clients[0].get("/healthz")
+        assert clients[0].wait(lambda s=stream: clients[0].streams[s].ended, 5)
+    assert server.log().count("HTTP/2 under trio") == 1, server.log()
