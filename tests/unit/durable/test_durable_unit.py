@@ -55,17 +55,17 @@ def rows(path: Path) -> list[tuple[str, str, str]]:
         return connection.execute("SELECT name, args, state FROM graceful_jobs").fetchall()
 
 
-async def test_a_spawned_job_is_recorded_then_forgotten_once_done(store: Path) -> None:
+async def test_a_spawned_job_is_recorded_then_marked_succeeded_once_done(store: Path) -> None:
     task = graceful_web.spawn(note("a", times=2))
     await durable.recorded()
     assert rows(store) == [("unit.note", '{"args":["a"],"kwargs":{"times":2}}', "ready")]
     await task
-    await asyncio.sleep(0.05)  # the completion's write follows the job's end
-    for _ in range(100):
-        if not rows(store):
+    succeeded = [("unit.note", '{"args":["a"],"kwargs":{"times":2}}', "succeeded")]
+    for _ in range(100):  # the completion's write follows the job's end
+        if rows(store) == succeeded:
             break
         await asyncio.sleep(0.02)
-    assert rows(store) == []
+    assert rows(store) == succeeded
     assert ran == [("a", 1)]
     await durable.shutdown()
 
