@@ -109,7 +109,7 @@ def job(
     *,
     name: str | None = None,
     max_attempts: int | None = None,
-    key: Callable[P, str] | None = None,
+    key: Callable[..., str] | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], DurableFunction[P, T]]: ...
 
 
@@ -119,7 +119,7 @@ def job(
     *,
     name: str | None = None,
     max_attempts: int | None = None,
-    key: Callable[P, str] | None = None,
+    key: Callable[..., str] | None = None,
 ) -> DurableFunction[P, T] | Callable[[Callable[P, Coroutine[Any, Any, T]]], DurableFunction[P, T]]:
     """Register an async function as a durable job, under ``name`` (else
     ``module:qualname``). Give a stable ``name`` when the function may move or be renamed:
