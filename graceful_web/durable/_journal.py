@@ -159,9 +159,10 @@ class Journal:
 
     async def barrier(self) -> None:
         """Wait for every record made so far on this loop."""
-        latest = self._inserts.latest()
-        if latest is not None:
-            await asyncio.shield(latest)
+        for batches in (self._inserts, self._keyed):
+            latest = batches.latest()
+            if latest is not None:
+                await asyncio.shield(latest)
 
     def completed(self, job_id: str) -> asyncio.Future[None]:
         """Forget a finished job with the others of this turn (tried until it is)."""
