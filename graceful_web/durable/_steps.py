@@ -35,11 +35,15 @@ class Run:
         self.journal = journal
         self.job_id = job_id
         self.first = first  # its first attempt ever: no step can be recorded yet
-        self.seen: dict[str, int] = {}  # how often each step name was met in this run
+        # How often each step name was met in this run (made by the first step: a job
+        # without steps pays for no more than this object).
+        self.seen: dict[str, int] | None = None
         self.recorded: asyncio.Future[dict[str, str]] | None = None
 
     def step_key(self, name: str) -> str:
         """The name a step is recorded under: its n-th call in a run is ``name#n``."""
+        if self.seen is None:
+            self.seen = {}
         seen = self.seen[name] = self.seen.get(name, 0) + 1
         return name if seen == 1 else f"{name}#{seen}"
 
