@@ -107,6 +107,19 @@ def step_pids(jobs_file: Path, run: str) -> dict[int, list[int]]:
     return pids
 
 
+def handed_over(
+    start_server: StartServer, env: dict[str, str], path: str, until: Callable[[], object] = bool
+) -> tuple[Server, str]:
+    """A job posted to a process stopped (SIGTERM, once ``until()`` holds) before it ends: at
+    the drain's deadline it hands the job over. That process and the job's id."""
+    first = start_server(uvicorn(), env=env, name="first")
+    job_id = post(first.url, path)
+    wait_until(until, 15, "the moment to stop")
+    first.send(signal.SIGTERM)
+    assert first.wait_exit(10) == 0
+    return first, job_id
+
+
 def status(server: Server, job_id: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
     return answer
@@ -143,11 +156,12 @@ def test_at_the_deadlines_hand_over_no_completed_step_runs_again(
     # A lease far longer than the test: only the hand-over lets the next process resume it.
     env = steps_env(tmp_path, store_url, GRACEFUL_DURABLE_LEASE="120", GRACEFUL_DRAIN_TIMEOUT="0.5")
     jobs_file = Path(env["JOBS_FILE"])
-    first = start_server(uvicorn(), env=env, name="first")
-    job_id = post(first.url, "/steps?run=cut&n=10&ms=300")
-    wait_until(lambda: len(step_pids(jobs_file, "cut")) >= 3, 15, "three steps")
-    first.send(signal.SIGTERM)
-    assert first.wait_exit(10) == 0
+    first, job_id = handed_over(
+        start_server,
+        env,
+        "/steps?run=cut&n=10&ms=300",
+        until=lambda: len(step_pids(jobs_file, "cut")) >= 3,
+    )
     done_by_first = ask(lambda: recorded_steps(job_id))
     second = start_server(uvicorn(), env=env, name="second")
     wait_until(lambda: result(jobs_file, "cut"), 20, f"the job to finish;\n{second.log()}")
@@ -295,10 +309,7 @@ def test_a_cancelled_queued_job_never_runs(
 ) -> None:
     env = steps_env(tmp_path, store_url, GRACEFUL_DURABLE_LEASE="120", GRACEFUL_DRAIN_TIMEOUT="0.2")
     jobs_file = Path(env["JOBS_FILE"])
-    first = start_server(uvicorn(), env=env, name="first")
-    job_id = post(first.url, "/long?run=queued&ms=3000")
-    first.send(signal.SIGTERM)  # handed over: queued, no process running it
-    assert first.wait_exit(10) == 0
+    _, job_id = handed_over(start_server, env, "/long?run=queued&ms=3000")  # queued, no one runs it
     assert ask(lambda: durable.cancel(job_id)) is True
     assert ask(lambda: durable.cancel(job_id)) is False  # once
     second = start_server(uvicorn(), env=env, name="second")

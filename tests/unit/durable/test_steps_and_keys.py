@@ -5,14 +5,12 @@ deadlines and restarts is proven on real servers in tests/servers/test_durable_s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import graceful_web
 from graceful_web import durable
-from graceful_web.durable import _functions, _journal, _settings
+from graceful_web.durable import _journal
 
 ran: list[str] = []
 
@@ -36,22 +34,9 @@ async def sleeps(seconds: float) -> None:
         raise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def jobs_of_this_module_only() -> Iterator[None]:
-    mine = {name: job for name, job in _functions.functions.items() if name.startswith("unit.")}
-    _functions.functions.update(mine)
-    yield
-    for name in mine:
-        _functions.functions.pop(name, None)
-
-
 @pytest.fixture(autouse=True)
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "jobs.sqlite3"
-    monkeypatch.setenv("GRACEFUL_DURABLE_URL", f"sqlite:///{path}")
+def nothing_ran_yet() -> None:
     ran.clear()
-    yield path
-    _settings._configured.clear()
 
 
 async def recorded_steps(job_id: str) -> dict[str, str]:
