@@ -52,6 +52,9 @@ INSERT = (
 
 FINISHED = "state IN ('succeeded', 'cancelled') AND finished < ?"
 
+#: Parameters in one statement, well below SQLite's limit (999 before 3.32).
+MARKS_AT_MOST = 500
+
 #: The record's owner holds no live lease: it ended, or stopped renewing.
 LEASE_OUT = (
     " AND NOT EXISTS (SELECT 1 FROM graceful_owners o "
@@ -256,11 +259,16 @@ class SQLiteStore:
         return changed == 1
 
     async def cancelled(self, ids: Sequence[str]) -> list[str]:
-        rows = await self._read(
-            f"SELECT id FROM graceful_jobs WHERE id IN ({_marks(ids)}) AND state = 'cancelled'",
-            ids,
-        )
-        return [row[0] for row in rows]
+        found = []
+        for start in range(0, len(ids), MARKS_AT_MOST):
+            chunk = ids[start : start + MARKS_AT_MOST]
+            rows = await self._read(
+                f"SELECT id FROM graceful_jobs WHERE id IN ({_marks(chunk)}) "
+                f"AND state = 'cancelled'",
+                chunk,
+            )
+            found += [row[0] for row in rows]
+        return found
 
     async def purge(self, retention: float) -> int:
         def purge(connection: sqlite3.Connection) -> int:

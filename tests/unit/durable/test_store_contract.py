@@ -417,3 +417,12 @@ async def test_a_store_made_by_the_first_release_is_brought_up_to_date(
     stored = await a.status(record.id)
     assert stored is not None and stored.state == "succeeded" and stored.attempt == 2
     assert await a.steps(record.id) == {"s": "1"}
+
+
+async def test_cancelled_ones_are_found_among_many_running(a: Store) -> None:
+    records = [new(n=n) for n in range(1200)]
+    await a.insert(A, records)
+    for record in records[::400]:
+        assert await a.cancel(record.id)
+    found = await a.cancelled([record.id for record in records])
+    assert sorted(found) == sorted(record.id for record in records[::400])
