@@ -69,7 +69,8 @@ ROWS = (
     ("dbos-steps", "sqlite"),
     ("dbos-steps", "postgres"),
 )
-#: Only these peers when set (``BENCH_DURABLE_PEERS=graceful,graceful-steps``): a part alone.
+#: Only these peers when set (``BENCH_DURABLE_PEERS=graceful,graceful-steps python -m bench
+#: durable --quick``): a part of the figure alone, beside the rows it is compared with.
 PEERS = [peer for peer in os.environ.get("BENCH_DURABLE_PEERS", "").split(",") if peer]
 #: The steps of each job of the steps rows.
 STEPS = 10
