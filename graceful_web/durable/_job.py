@@ -92,9 +92,12 @@ class DurableCall(Generic[T]):
         """How ``graceful_web.spawn`` starts a durable call (the core knows no more of it)."""
         encoded = self.encode()
         key = None if self.registered.key is None else self.key()
-        return _runner.spawn(
+        spawned = _runner.spawn(
             registry, self.registered, self.args, self.kwargs, encoded, name, key
-        ).task
+        )
+        if spawned.found is not None:
+            spawned.found.add_done_callback(functools.partial(_runner.log_conflict, spawned.record))
+        return spawned.task
 
     def __repr__(self) -> str:
         return f"<durable call {self.registered.name!r}>"

@@ -125,8 +125,7 @@ async def _run(
             except Exception:
                 return  # not recorded, so not accepted: said once, for the whole batch
             if len(recorded) > 1 and recorded[1].result() is not None:
-                _not_again(record, recorded[1].result())
-                return
+                return  # its key names a job kept already: that one runs, or ran
         current_job.set(JobInfo(record.id, record.name, record.attempt))
         current_run.set(Run(journal, record.id, record.attempt == 1))
         try:
@@ -148,16 +147,20 @@ async def _run(
         journal.cancelling.discard(record.id)
 
 
-def _not_again(record: Record, found: tuple[str, str]) -> None:
-    if found == (record.name, record.args):
-        return  # the key's job runs (or ran) already: it is the one asked for
-    logger.error(
-        "durable job %r was not started: its idempotency key names job %s, of %r with other "
-        "arguments",
-        record.name,
-        record.id,
-        found[0],
-    )
+def log_conflict(record: Record, found: asyncio.Future[tuple[str, str] | None]) -> None:
+    """Say so when a keyed record was not started because its key names a job of another
+    function or other arguments (for a spawn that has no caller to raise ``KeyConflict`` to)."""
+    if found.cancelled() or found.exception() is not None:
+        return
+    kept = found.result()
+    if kept is not None and kept != (record.name, record.args):
+        logger.error(
+            "durable job %r was not started: its idempotency key names job %s, of %r with "
+            "other arguments",
+            record.name,
+            record.id,
+            kept[0],
+        )
 
 
 async def _hand_over(journal: Journal, record: Record) -> None:

@@ -124,3 +124,19 @@ async def test_a_job_cancelled_here_stops_at_once_and_stays_cancelled() -> None:
 def test_a_wrong_retention_is_refused() -> None:
     with pytest.raises(ValueError, match="durable retention must be a number of seconds"):
         durable.configure(retention=0)
+
+
+async def test_a_conflict_is_raised_to_durable_spawn_and_logged_for_plain_spawn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await durable.spawn(keyed(5))
+    with pytest.raises(durable.KeyConflict):
+        await durable.spawn(keyed(5, note="?"))
+    assert "was not started" not in caplog.text
+    graceful_web.spawn(keyed(5, note="!"))
+    await durable.recorded()
+    await asyncio.sleep(0)
+    assert "durable job 'unit.keyed' was not started: its idempotency key names job" in caplog.text
+    await asyncio.sleep(0.05)
+    assert ran == ["5"]
+    await durable.shutdown()
