@@ -108,7 +108,10 @@ def step_pids(jobs_file: Path, run: str) -> dict[int, list[int]]:
 
 
 def handed_over(
-    start_server: StartServer, env: dict[str, str], path: str, until: Callable[[], object] = bool
+    start_server: StartServer,
+    env: dict[str, str],
+    path: str,
+    until: Callable[[], object] = lambda: True,
 ) -> tuple[Server, str]:
     """A job posted to a process stopped (SIGTERM, once ``until()`` holds) before it ends: at
     the drain's deadline it hands the job over. That process and the job's id."""
