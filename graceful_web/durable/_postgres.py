@@ -42,14 +42,25 @@ CREATE TABLE IF NOT EXISTS graceful_owners (
     owner text PRIMARY KEY,
     expires timestamptz NOT NULL
 );
-ALTER TABLE graceful_jobs ADD COLUMN IF NOT EXISTS started timestamptz;
-ALTER TABLE graceful_jobs ADD COLUMN IF NOT EXISTS finished timestamptz;
 CREATE TABLE IF NOT EXISTS graceful_steps (
     job_id text NOT NULL,
     name text NOT NULL,
     result text NOT NULL,
     PRIMARY KEY (job_id, name)
 );
+"""
+
+#: Columns added since the first release, added to its tables at startup (``MISSING``).
+ADDED_COLUMNS = {"started": "timestamptz", "finished": "timestamptz"}
+
+#: Which of them the table lacks: read first, as an ALTER TABLE would lock the table even
+#: when it changes nothing.
+MISSING = """
+SELECT column_name FROM unnest($1::text[]) AS wanted(column_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_attribute
+    WHERE attrelid = 'graceful_jobs'::regclass AND attname = column_name AND NOT attisdropped
+)
 """
 
 INSERT = """
@@ -128,6 +139,11 @@ class PostgresStore:
             async with self._pool.acquire() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 await connection.execute(SCHEMA)
+                for row in await connection.fetch(MISSING, list(ADDED_COLUMNS)):
+                    column = row["column_name"]
+                    await connection.execute(
+                        f"ALTER TABLE graceful_jobs ADD COLUMN {column} {ADDED_COLUMNS[column]}"
+                    )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StoreUnavailable(f"the PostgreSQL job store could not be reached: {exc}") from exc
 

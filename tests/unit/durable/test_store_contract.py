@@ -392,7 +392,8 @@ async def make_first_release_store(url: str, record: Record) -> None:
 
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute(_postgres.SCHEMA.split("ALTER TABLE")[0])
+        first = _postgres.SCHEMA.split("CREATE TABLE IF NOT EXISTS graceful_steps")[0]
+        await connection.execute(first)
         await connection.execute(
             "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts) "
             "VALUES ($1, $2, $3, 1, 3)",
