@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .._config import HAND_OVER_TIME
 from . import _policy
@@ -104,7 +104,6 @@ def _start(
     run = _run(journal, record, function, args, kwargs, recorded)
     task = registry.spawn(run, name=name or record.name, loop=journal.loop)
     registry.hands_over_when_cut(task)
-    journal.running[record.id] = task
     return task
 
 
@@ -118,33 +117,34 @@ async def _run(
 ) -> None:
     """``recorded``: for a new record, the future of its write, then (with a key) what the key
     named already; empty for a record claimed from the store."""
-    try:
-        if recorded:
-            try:
-                await asyncio.shield(recorded[0])
-            except Exception:
-                return  # not recorded, so not accepted: said once, for the whole batch
-            if len(recorded) > 1 and recorded[1].result() is not None:
-                return  # its key names a job kept already: that one runs, or ran
-        current_job.set(JobInfo(record.id, record.name, record.attempt))
-        current_run.set(Run(journal, record.id, record.attempt == 1))
+    if recorded:
         try:
-            await function(*args, **kwargs)
-        except asyncio.CancelledError:
-            if record.id in journal.cancelling:
-                counts["cancelled"] += 1
-                raise
-            counts["handed_over"] += 1
-            await _hand_over(journal, record)
+            await asyncio.shield(recorded[0])
+        except Exception:
+            return  # not recorded, so not accepted: said once, for the whole batch
+        if len(recorded) > 1 and recorded[1].result() is not None:
+            return  # its key names a job kept already: that one runs, or ran
+    # Known as running here from now on: a cancel by its id finds this task.
+    task = journal.running[record.id] = cast("asyncio.Task[None]", asyncio.current_task())
+    current_job.set(JobInfo(record.id, record.name, record.attempt))
+    current_run.set(Run(journal, record.id, record.attempt == 1))
+    try:
+        await function(*args, **kwargs)
+    except asyncio.CancelledError:
+        if record.id in journal.cancelling:
+            counts["cancelled"] += 1
             raise
-        except Exception as exc:
-            await _failed(journal, record, f"{type(exc).__name__}: {exc}"[:2000])
-            raise
-        await asyncio.shield(journal.completed(record.id))
+        counts["handed_over"] += 1
+        await _hand_over(journal, record)
+        raise
+    except Exception as exc:
+        await _failed(journal, record, f"{type(exc).__name__}: {exc}"[:2000])
+        raise
     finally:
-        if journal.running.get(record.id) is asyncio.current_task():
+        if journal.running.get(record.id) is task:
             del journal.running[record.id]
         journal.cancelling.discard(record.id)
+    await asyncio.shield(journal.completed(record.id))
 
 
 def log_conflict(record: Record, found: asyncio.Future[tuple[str, str] | None]) -> None:

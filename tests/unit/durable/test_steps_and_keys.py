@@ -140,3 +140,16 @@ async def test_a_conflict_is_raised_to_durable_spawn_and_logged_for_plain_spawn(
     await asyncio.sleep(0.05)
     assert ran == ["5"]
     await durable.shutdown()
+
+
+async def test_a_keyed_job_spawned_again_here_is_still_the_one_cancelled() -> None:
+    job_id = await durable.spawn(sleeps(30), key="nap")
+    assert await durable.spawn(sleeps(30), key="nap") == job_id
+    await asyncio.sleep(0.05)  # the second call's task has ended, the first still runs
+    assert await durable.cancel(job_id)
+    for _ in range(100):
+        if ran == ["cancelled"]:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == ["cancelled"]
+    await durable.shutdown()
