@@ -39,6 +39,15 @@ def nothing_ran_yet() -> None:
     ran.clear()
 
 
+async def cancelled_here() -> None:
+    """Wait (up to a second) for the job ``sleeps`` to note its cancellation."""
+    for _ in range(100):
+        if ran == ["cancelled"]:
+            return
+        await asyncio.sleep(0.01)
+    assert ran == ["cancelled"]
+
+
 async def recorded_steps(job_id: str) -> dict[str, str]:
     journal = _journal.journal_for(asyncio.get_running_loop())
     return await journal.store.steps(job_id)
@@ -111,11 +120,7 @@ async def test_a_job_cancelled_here_stops_at_once_and_stays_cancelled() -> None:
     running = await durable.status(job_id)
     assert (running.state, running.attempt) == ("running", 1)
     assert await durable.cancel(job_id)
-    for _ in range(100):
-        if ran == ["cancelled"]:
-            break
-        await asyncio.sleep(0.01)
-    assert ran == ["cancelled"]
+    await cancelled_here()
     assert not await durable.cancel(job_id)
     assert (await durable.status(job_id)).state == "cancelled"
     await durable.shutdown()
@@ -147,9 +152,5 @@ async def test_a_keyed_job_spawned_again_here_is_still_the_one_cancelled() -> No
     assert await durable.spawn(sleeps(30), key="nap") == job_id
     await asyncio.sleep(0.05)  # the second call's task has ended, the first still runs
     assert await durable.cancel(job_id)
-    for _ in range(100):
-        if ran == ["cancelled"]:
-            break
-        await asyncio.sleep(0.01)
-    assert ran == ["cancelled"]
+    await cancelled_here()
     await durable.shutdown()
