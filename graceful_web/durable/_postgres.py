@@ -185,7 +185,7 @@ class PostgresStore:
 
     async def complete(self, ids: Sequence[str]) -> None:
         await self._execute(
-            "UPDATE graceful_jobs SET state = 'succeeded', finished = now() "
+            "UPDATE graceful_jobs SET state = 'succeeded', finished = now(), owner = NULL "
             "WHERE id = ANY($1::text[]) AND state = 'ready'",
             list(ids),
         )
@@ -278,7 +278,7 @@ class PostgresStore:
 
     async def cancel(self, job_id: str) -> bool:
         rows = await self._execute(
-            "UPDATE graceful_jobs SET state = 'cancelled', finished = now() "
+            "UPDATE graceful_jobs SET state = 'cancelled', finished = now(), owner = NULL "
             "WHERE id = $1 AND state = 'ready' RETURNING id",
             job_id,
         )

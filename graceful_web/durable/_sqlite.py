@@ -115,7 +115,7 @@ class SQLiteStore:
     async def complete(self, ids: Sequence[str]) -> None:
         now = time.time()
         await self._write(
-            "UPDATE graceful_jobs SET state = 'succeeded', finished = ? "
+            "UPDATE graceful_jobs SET state = 'succeeded', finished = ?, owner = NULL "
             "WHERE id = ? AND state = 'ready'",
             [(now, i) for i in ids],
         )
@@ -252,7 +252,7 @@ class SQLiteStore:
 
     async def cancel(self, job_id: str) -> bool:
         changed = await self._write(
-            "UPDATE graceful_jobs SET state = 'cancelled', finished = ? "
+            "UPDATE graceful_jobs SET state = 'cancelled', finished = ?, owner = NULL "
             "WHERE id = ? AND state = 'ready'",
             [(time.time(), job_id)],
         )

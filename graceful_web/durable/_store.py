@@ -5,7 +5,8 @@ A record is a job's function name and JSON arguments. Its ``owner`` is the proce
 it, which keeps its lease alive in the store; a record with no owner is free for any process
 to claim, and one whose owner's lease ran out is lost: another process counts its failure and
 takes it over.
-A finished record (succeeded or cancelled) is kept for the retention period, then purged;
+A finished record (succeeded or cancelled) is kept, owned by no one, for the retention
+period, then purged;
 a dead one is kept until retried. A step's result is kept with its job's record.
 A store only runs queries: what a failure makes of a record is decided by ``_policy``.
 """

@@ -291,8 +291,10 @@ async def test_a_completed_job_is_kept_succeeded_and_never_claimed(a: Store, b: 
     await a.insert(A, [done, kept])
     await a.complete([done.id])
     stored = await b.status(done.id)
-    assert stored is not None and stored.state == "succeeded"
+    assert stored is not None and (stored.state, stored.owner) == ("succeeded", None)
     assert stored.finished is not None and abs(stored.finished - time.time()) < 5
+    await a.hand_over(A, [done.id, kept.id])
+    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(kept)]
 
 
 async def test_status_follows_a_job_from_running_through_a_failure(a: Store, b: Store) -> None:
@@ -342,7 +344,8 @@ async def test_a_cancelled_job_is_never_claimed_nor_settled(a: Store, b: Store) 
     await a.hand_over(A, [running.id])
     for job_id in (queued.id, running.id):
         stored = await b.status(job_id)
-        assert stored is not None and stored.state == "cancelled" and stored.finished
+        assert stored is not None and (stored.state, stored.owner) == ("cancelled", None)
+        assert stored.finished
 
 
 async def test_a_lost_job_cancelled_meanwhile_is_not_taken_over(
