@@ -41,6 +41,10 @@ release-check: $(DOCS_STAMP)
 UVLOOP_AGAIN := $(addprefix tests/servers/test_,aiohttp_drain.py faults.py run.py durable_jobs.py \
 	connections_at_stop.py)
 UVLOOP_SAME := tests/servers/test_run.py::test_protected_jobs_finish_and_unprotected_tasks_are_cancelled
+# Steps resumed after SIGKILL, and a cancel carried to another replica, on uvloop too.
+UVLOOP_AGAIN += $(addprefix tests/servers/test_durable_steps.py::test_,\
+	a_job_killed_right_after_its_sixth_step_is_recorded_resumes_at_its_seventh \
+	a_job_running_on_another_process_is_cancelled_within_a_poll_and_never_runs_again)
 
 test: lint
 	bash .ci/ensure_stores.sh

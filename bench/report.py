@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._harness import ROOT, Spread, wrk_version
 from .durable_jobs import LABELS as DURABLE_LABELS
-from .durable_jobs import DurableFigures
+from .durable_jobs import STEPS, DurableFigures
 from .hot_path import VARIANTS as HOT_PATH_VARIANTS
 from .hot_path import HotPath
 from .in_flight import InFlightFigures
@@ -808,6 +808,18 @@ def durable_section(figures: DurableFigures) -> list[str]:
             f"jobs per second, {'; '.join(bounds)}. Where that is more than the jobs per "
             f"second above, {figures.in_flight} starts in flight cost the peer more than they "
             "gain (its writes wait for each other)."
+        )
+        add("")
+    steps = [
+        f"{DURABLE_LABELS.get(row, row[0]).split(',')[0]} on {row[1]} {med(step, 1)} µs"
+        for row in figures.rows
+        if row[0].endswith("-steps") and (step := figures.step_us(row)) is not None
+    ]
+    if steps:
+        add(
+            f"A step, recorded before the next one runs (jobs of {STEPS} steps, "
+            f"{_num(figures.n, 0)} at once): its rows' *all ran* over their peer's without "
+            f"steps, per step, run by run: {'; '.join(steps)}."
         )
         add("")
     runs = sorted({len(runs) for runs in figures.runs.values()})
