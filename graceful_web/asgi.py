@@ -114,9 +114,8 @@ class GracefulLifespan:
         except Unrecorded:
             pass  # answered 503 in place of the app's response
         except BaseException as exc:
-            if process.serving or not is_ending(send):
+            if process.serving or not _ended_by_the_drain(send, exc):
                 raise
-            _unwound_by_the_drain(exc)
         finally:
             if not process.serving:
                 if is_ending(send):
@@ -214,9 +213,8 @@ class GracefulLifespan:
         try:
             await self._protected(scope, receive, send_closing_when_draining)
         except BaseException as exc:
-            if not is_ending(send):
+            if not _ended_by_the_drain(send, exc):
                 raise
-            _unwound_by_the_drain(exc)
         finally:
             if is_ending(send):
                 await end_stream(send, _request_name(scope))
@@ -234,15 +232,25 @@ class GracefulLifespan:
             inside_protected.reset(token)
 
 
-def _unwound_by_the_drain(exc: BaseException) -> None:
-    """The app of a stream the drain is ending unwound with ``exc``: the drain's cancel (taken
-    back, so the request ends as one that returned), or what the app raised on its way out."""
-    if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+def _ended_by_the_drain(send: Send, exc: BaseException) -> bool:
+    """Whether the app unwound with ``exc`` because the drain ended its request: a stream it
+    ends (the body's end follows), or, cancelled, a request cut at the deadline or by a second
+    signal (the drain's own line names it: no traceback from the server besides). The drain's
+    cancel is taken back, so the request ends as one that returned."""
+    if is_ending(send):
+        if not isinstance(exc, asyncio.CancelledError):
+            logger.debug("a stream ended by the drain unwound with %r", exc)
+            return True
+    elif isinstance(exc, asyncio.CancelledError):
+        drain = current_drain()
+        if not (drain.forced or (drain.deadline is not None and drain.remaining() <= 0)):
+            return False
     else:
-        logger.debug("a stream ended by the drain unwound with %r", exc)
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:
