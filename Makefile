@@ -41,6 +41,10 @@ release-check: $(DOCS_STAMP)
 UVLOOP_AGAIN := $(addprefix tests/servers/test_,aiohttp_drain.py faults.py run.py durable_jobs.py \
 	connections_at_stop.py)
 UVLOOP_SAME := tests/servers/test_run.py::test_protected_jobs_finish_and_unprotected_tasks_are_cancelled
+# Steps resumed after SIGKILL, and a cancel carried to another replica, on uvloop too.
+UVLOOP_AGAIN += $(addprefix tests/servers/test_durable_steps.py::test_,\
+	a_job_killed_right_after_its_sixth_step_is_recorded_resumes_at_its_seventh \
+	a_job_running_on_another_process_is_cancelled_within_a_poll_and_never_runs_again)
 
 test: lint
 	bash .ci/ensure_stores.sh
@@ -134,7 +138,9 @@ reload-table: $(STAMP)
 	rm -f .reload-figures.jsonl
 	GRACEFUL_RELOAD_FIGURES=$(CURDIR)/.reload-figures.jsonl GRACEFUL_RELOAD_TESTS=1 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/reload; status=$$?; \
-		$(PY) -m tests._reload_table .reload-figures.jsonl && $(PY) -m tests._restart_table && exit $$status
+		$(PY) -m tests._reload_table .reload-figures.jsonl && \
+		$(PY) -m tests._websocket_reload_table .reload-figures.jsonl && \
+		$(PY) -m tests._restart_table && exit $$status
 
 # The README's one table, what a restart loses bare and with graceful_web: summed from the
 # figures the docs pages hold (make demo, make test-docker, make test-swarm, make reload-table,

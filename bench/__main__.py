@@ -1,5 +1,5 @@
 """``python -m bench`` (``make bench``): every figure, side by side, then bench/results.md
-(docs/benchmarks.md shows it whole). Bounded in time: about twelve minutes on two cores.
+(docs/benchmarks.md shows it whole). Bounded in time: about fifteen minutes on two cores.
 
 ``BENCH_QUICK=1`` (or ``python -m bench --quick``) runs every figure once, short and small,
 to check the bench itself in about two minutes; it writes bench/.out/results-quick.md
@@ -9,6 +9,10 @@ and leaves bench/results.md alone.
 and writes its section into bench/results.md in place of the one there (the summary table is
 left to a whole run); with ``--quick`` (or ``BENCH_QUICK=1``) once and small,
 printed and written to bench/.out/durable-quick.md only.
+
+``python -m bench long-lived`` measures figure 8 (10 000 websockets and 10 000 event streams
+open in one server at SIGTERM) by itself, in about three minutes, and writes its section into
+bench/results.md likewise; ``python -m bench.long_lived [N]`` prints it with N of each.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import pickle
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from . import durable_jobs, hot_path, in_flight, jobs, report, stopping, throughput
+from . import durable_jobs, hot_path, in_flight, jobs, long_lived, report, stopping, throughput
 from ._harness import ROOT, pin_cpus, raise_open_files
 
 #: A B pairs per figure: enough for a median and a range, few enough for the time budget.
@@ -64,6 +70,7 @@ class Plan:
     durable_runs: int = DURABLE_RUNS
     durable_n: int = durable_jobs.JOBS
     durable_samples: int = durable_jobs.SAMPLES
+    long_lived: int = long_lived.CONNECTIONS
     quick: bool = False
 
 
@@ -81,6 +88,7 @@ QUICK = Plan(
     durable_runs=1,
     durable_n=200,
     durable_samples=50,
+    long_lived=500,
     quick=True,
 )
 
@@ -114,30 +122,52 @@ def measure_durable(plan: Plan) -> durable_jobs.DurableFigures:
     return figures
 
 
-def durable_alone(quick: bool) -> int:
-    """``python -m bench durable``: figure 7 by itself, spliced into bench/results.md."""
+def measure_long_lived(plan: Plan) -> long_lived.LongLivedFigures:
+    _say(
+        f"8. {plan.long_lived} websockets and {plan.long_lived} event streams open at SIGTERM: "
+        f"{', '.join(long_lived.SERVERS)}, bare and with graceful_web"
+    )
+    figures = long_lived.measure(wanted=plan.long_lived)
+    _say(long_lived.show(figures))
+    return figures
+
+
+class _Alone(Protocol):
+    measured_alone: str
+
+
+def figure_alone(
+    name: str,
+    number: int,
+    quick: bool,
+    measure: Callable[[Plan], _Alone],
+    section: Callable[[Any], list[str]],
+    heading: str,
+) -> int:
+    """``python -m bench NAME``: one figure by itself, its section spliced into
+    bench/results.md (the summary table is left to a whole run); quick: written apart."""
     plan = QUICK if quick else Plan()
     load_before = os.getloadavg()
     pinning = pin_cpus()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = "bench durable (quick)" if quick else "bench durable"
+    title = f"bench {name} (quick)" if quick else f"bench {name}"
     _say(f"{title}: {pinning}; load average {load_before[0]:.2f}")
-    figures = measure_durable(plan)
+    figures = measure(plan)
     load_after = os.getloadavg()
     figures.measured_alone = (
         f"{date}, commit {report._git_commit()}; {pinning}; load average (1 min) before "
         f"{load_before[0]:.2f}, after {load_after[0]:.2f}"
     )
-    section = report.durable_section(figures)
+    lines = section(figures)
     if quick:
-        out = ROOT / "bench" / ".out" / "durable-quick.md"
+        out = ROOT / "bench" / ".out" / f"{name}-quick.md"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(section) + "\n")
+        out.write_text("\n".join(lines) + "\n")
         _say(f"quick run: wrote {out.relative_to(ROOT)}; results.md alone")
         return 0
     text = report.RESULTS.read_text() if report.RESULTS.exists() else ""
-    report.RESULTS.write_text(report.splice_durable_section(text, section))
-    _say(f"wrote section 7 of {report.RESULTS.relative_to(ROOT)}")
+    report.RESULTS.write_text(report.splice_section(text, heading, lines))
+    _say(f"wrote section {number} of {report.RESULTS.relative_to(ROOT)}")
     return 0
 
 
@@ -148,9 +178,18 @@ def main() -> int:
         return 0
     quick = "--quick" in args or os.environ.get("BENCH_QUICK", "") not in ("", "0")
     if args and args[0] == "durable" and set(args[1:]) <= {"--quick"}:
-        return durable_alone(quick)
+        return figure_alone(
+            "durable", 7, quick, measure_durable, report.durable_section, report.DURABLE_HEADING
+        )
+    if args and args[0] == "long-lived" and set(args[1:]) <= {"--quick"}:
+        return figure_alone(
+            "long-lived", 8, quick, measure_long_lived, report.long_lived_section,
+            report.LONG_LIVED_HEADING,
+        )  # fmt: skip
     if args and args != ["--quick"]:
-        _say("usage: python -m bench [--quick | --report | durable [--quick]]")
+        _say(
+            "usage: python -m bench [--quick | --report | durable [--quick] | long-lived [--quick]]"
+        )
         return 2
     plan = QUICK if quick else Plan()
     if shutil.which("wrk") is None:
@@ -193,6 +232,7 @@ def main() -> int:
     _say(hot_path.show(request_path))
 
     durable = measure_durable(plan)
+    scale = measure_long_lived(plan)
 
     results = report.Results(
         date=date,
@@ -211,6 +251,7 @@ def main() -> int:
         quick=quick,
         hot_path=request_path,
         durable=durable,
+        long_lived=scale,
     )
     if not quick:
         SAVED.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,9 @@ WORK_BODY: dict[str, Any] = {
     "created_at": "2026-11-25T18:24:00Z",
 }
 
+#: How often the endless event feed (``GET /events``) sends an event; the first goes at once.
+EVENT_INTERVAL_S = 5.0
+
 
 def graceful_enabled() -> bool:
     return os.environ.get("GRACEFUL", "1") != "0"

@@ -2,8 +2,10 @@
 
 GET /fast, GET /work (1 ms of awaited work and a JSON body), GET /slow?ms=N&after=K (sleeps N
 ms once K slow requests have started), POST /jobs?ms=N (a protected job with the library, a
-bare task without), GET /stats (slow requests started / running), GET /healthz. HOST, PORT,
-DONE_FILE, GRACEFUL_DRAIN_TIMEOUT from the environment.
+bare task without), GET /stats (slow requests started / running), GET /healthz; GET /ws (an
+echo websocket) and GET /events (an endless server-sent-events feed), written as aiohttp's
+docs write them. HOST, PORT, DONE_FILE, GRACEFUL_DRAIN_TIMEOUT and SHUTDOWN_TIMEOUT (run_app's
+own, default 60 s) from the environment.
 ``python -m bench.aiohttp_app uvloop`` runs it on uvloop's event loop.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ._app_common import (
+    EVENT_INTERVAL_S,
     WORK_BODY,
     WORK_MS,
     DoneRecord,
@@ -75,6 +78,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="alive\n")
 
 
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == web.WSMsgType.TEXT:
+            await ws.send_str(message.data)
+    return ws
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    tick = 0
+    while True:
+        await response.write(f"data: {tick}\n\n".encode())
+        tick += 1
+        await asyncio.sleep(EVENT_INTERVAL_S)
+
+
 @web.middleware
 async def passes_on(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
@@ -88,6 +110,8 @@ def make_app() -> web.Application:
     app.router.add_post("/jobs", create_job)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", echo)
+    app.router.add_get("/events", events)
     if graceful_enabled():
         from graceful_web.aiohttp import setup
 
@@ -109,6 +133,7 @@ def main() -> None:
         host=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ["PORT"]),
         backlog=4096,  # 10 000 clients connect at once in the in-flight benchmark
+        shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "60")),
         print=None,
         access_log=None,
         loop=loop,

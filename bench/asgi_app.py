@@ -2,21 +2,25 @@
 ``GRACEFUL=0`` serves it bare, otherwise it is wrapped in ``GracefulLifespan``.
 
 The same routes as bench/aiohttp_app.py: GET /fast, GET /work, GET /slow?ms=N&after=K,
-POST /jobs?ms=N, GET /stats, GET /healthz. DONE_FILE and GRACEFUL_DRAIN_TIMEOUT from the
-environment.
+POST /jobs?ms=N, GET /stats, GET /healthz, GET /ws (an echo websocket) and GET /events (an
+endless server-sent-events feed), written as Starlette's docs write them. DONE_FILE and
+GRACEFUL_DRAIN_TIMEOUT from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ._app_common import (
+    EVENT_INTERVAL_S,
     WORK_BODY,
     WORK_MS,
     DoneRecord,
@@ -73,6 +77,26 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("alive\n")
 
 
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+
+async def events(request: Request) -> Response:
+    async def feed() -> AsyncIterator[str]:
+        tick = 0
+        while True:
+            yield f"data: {tick}\n\n"
+            tick += 1
+            await asyncio.sleep(EVENT_INTERVAL_S)
+
+    return StreamingResponse(feed(), media_type="text/event-stream")
+
+
 def make_app() -> Any:
     inner = Starlette(
         routes=[
@@ -82,6 +106,8 @@ def make_app() -> Any:
             Route("/jobs", create_job, methods=["POST"]),
             Route("/stats", stats),
             Route("/healthz", healthz),
+            WebSocketRoute("/ws", echo),
+            Route("/events", events),
         ]
     )
     if empty_middleware() and not graceful_enabled():

@@ -8,7 +8,12 @@ work that must outlive the process, each on the same stores, in one run:
   PostgreSQL server): ``await DBOS.start_workflow_async(workflow, i)``, which returns once the
   workflow's row is written (it then runs the workflow on this process's loop, as spawn does);
 - arq on Redis: ``await pool.enqueue_job("job", i)``, which returns once Redis holds the job
-  (no worker runs: the job is only queued).
+  (no worker runs: the job is only queued);
+- steps and keys, on both stores: graceful_web's job of STEPS steps (``durable.step``, each
+  recorded before the next runs) and DBOS's workflow of STEPS ``DBOS.step`` calls, each beside
+  its own job without steps: a step's cost is the difference of their *ran* over the jobs'
+  steps, run by run; and graceful_web's keyed spawn (a job declaring its idempotency key,
+  ``graceful_web.spawn`` then ``await durable.recorded()``) beside the plain one.
 
 Each run is a fresh interpreter (``python -m bench.durable_jobs PEER STORE URL N SAMPLES``)
 on the server's core, the stores on the other one; the rows alternate run by run and every
@@ -57,7 +62,18 @@ ROWS = (
     ("dbos", "sqlite"),
     ("dbos", "postgres"),
     ("arq", "redis"),
+    ("graceful-steps", "sqlite"),
+    ("graceful-steps", "postgres"),
+    ("graceful-keyed", "sqlite"),
+    ("graceful-keyed", "postgres"),
+    ("dbos-steps", "sqlite"),
+    ("dbos-steps", "postgres"),
 )
+#: Only these peers when set (``BENCH_DURABLE_PEERS=graceful,graceful-steps python -m bench
+#: durable --quick``): a part of the figure alone, beside the rows it is compared with.
+PEERS = [peer for peer in os.environ.get("BENCH_DURABLE_PEERS", "").split(",") if peer]
+#: The steps of each job of the steps rows.
+STEPS = 10
 JOBS = 1_000
 SAMPLES = 200
 WARMUP_JOBS = 200
@@ -140,13 +156,32 @@ async def _spawn_peer() -> _Peer:
     return _Peer(start_one, burst, own_requests_shape=True)
 
 
-async def _graceful_peer() -> _Peer:
+async def _graceful_peer(kind: str = "graceful") -> _Peer:
     import graceful_web
     from graceful_web import durable
 
-    @durable.job(name="bench.durable_jobs.noop")
-    async def noop(number: int) -> None:
-        RAN.one()
+    def same(number: int) -> int:
+        return number
+
+    if kind == "graceful-steps":
+
+        @durable.job(name="bench.durable_jobs.steps")
+        async def noop(number: int) -> None:
+            for _ in range(STEPS):
+                await durable.step("same", same, number)
+            RAN.one()
+
+    elif kind == "graceful-keyed":
+
+        @durable.job(name="bench.durable_jobs.keyed", key=lambda number: f"bench-{number}")
+        async def noop(number: int) -> None:
+            RAN.one()
+
+    else:
+
+        @durable.job(name="bench.durable_jobs.noop")
+        async def noop(number: int) -> None:
+            RAN.one()
 
     async def start_one(number: int) -> None:
         graceful_web.spawn(noop(number))
@@ -163,15 +198,22 @@ async def _graceful_peer() -> _Peer:
     return _Peer(start_one, burst, own_requests_shape=True, settle=settle)
 
 
-async def _dbos_peer(url: str) -> _Peer:
+async def _dbos_peer(url: str, steps: bool = False) -> _Peer:
     from dbos import DBOS
 
     handles: list[Any] = []
 
+    @DBOS.step(name="bench_same")
+    async def same(number: int) -> int:
+        return number
+
     async def noop(number: int) -> None:
+        if steps:
+            for _ in range(STEPS):
+                await same(number)
         RAN.one()
 
-    workflow = DBOS.workflow(name="bench_noop")(noop)
+    workflow = DBOS.workflow(name="bench_steps" if steps else "bench_noop")(noop)
 
     async def start_one(number: int) -> None:
         handles.append(await DBOS.start_workflow_async(workflow, number))
@@ -274,20 +316,20 @@ async def _measure(peer: _Peer, n: int, samples: int) -> dict[str, Any]:
 
 
 def child(peer_name: str, store: str, url: str, n: int, samples: int) -> dict[str, Any]:
-    if peer_name == "graceful":
+    if peer_name.startswith("graceful"):
         os.environ["GRACEFUL_DURABLE_URL"] = url
-    if peer_name == "dbos":
+    if peer_name.startswith("dbos"):
         _dbos_launch(url)
 
     async def main() -> dict[str, Any]:
         if peer_name == "spawn":
             peer = await _spawn_peer()
-        elif peer_name == "graceful":
-            peer = await _graceful_peer()
-        elif peer_name == "dbos":
+        elif peer_name.startswith("graceful"):
+            peer = await _graceful_peer(peer_name)
+        elif peer_name.startswith("dbos"):
             from dbos import DBOS
 
-            peer = await _dbos_peer(url)
+            peer = await _dbos_peer(url, steps=peer_name == "dbos-steps")
             DBOS.launch()
         elif peer_name == "arq":
             peer = await _arq_peer(url)
@@ -302,7 +344,7 @@ def child(peer_name: str, store: str, url: str, n: int, samples: int) -> dict[st
     try:
         return asyncio.run(main())
     finally:
-        if peer_name == "dbos":
+        if peer_name.startswith("dbos"):
             from dbos import DBOS
 
             DBOS.destroy()
@@ -316,7 +358,7 @@ def graceful_durable_missing() -> str | None:
     try:
         from graceful_web import durable
 
-        for name in ("job", "recorded"):
+        for name in ("job", "recorded", "step"):
             if not hasattr(durable, name):
                 return f"graceful_web.durable has no {name}()"
     except ImportError as error:
@@ -352,6 +394,17 @@ class DurableFigures:
     def per_second(self, row: tuple[str, str], key: str = "burst_s") -> Spread | None:
         values = [self.n / run[key] for run in self.runs.get(row, []) if key in run]
         return Spread.of(values) if values else None
+
+    def step_us(self, row: tuple[str, str]) -> Spread | None:
+        """A step's cost: the steps row's *ran* over its own peer's without steps, per step,
+        run by run (the runs alternate)."""
+        base = self.runs.get((row[0].removesuffix("-steps"), row[1]), [])
+        pairs = list(zip(base, self.runs.get(row, []), strict=False))
+        if not pairs:
+            return None
+        return Spread.of(
+            [(mine["ran_s"] - plain["ran_s"]) / (self.n * STEPS) * 1e6 for plain, mine in pairs]
+        )
 
     def added_us(self, row: tuple[str, str]) -> Spread | None:
         """One request's latency over plain spawn's, run by run (the runs alternate)."""
@@ -399,10 +452,13 @@ def measure(runs: int, n: int = JOBS, samples: int = SAMPLES) -> DurableFigures:
     missing = graceful_durable_missing()
     rows = []
     for row in ROWS:
-        if row[0] == "graceful" and missing is not None:
+        if PEERS and row[0] not in PEERS:
+            continue
+        if row[0].startswith("graceful") and missing is not None:
             figures.not_measured[row] = missing
         else:
             rows.append(row)
+    figures.rows = [row for row in figures.rows if not PEERS or row[0] in PEERS]
     figures.versions = _versions()
     OUT.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="durable-", dir=OUT))
@@ -459,6 +515,12 @@ LABELS = {
     ("dbos", "sqlite"): "DBOS `start_workflow_async`, SQLite",
     ("dbos", "postgres"): "DBOS `start_workflow_async`, PostgreSQL",
     ("arq", "redis"): "arq `enqueue_job`, Redis (in memory)",
+    ("graceful-steps", "sqlite"): f"graceful_web durable, {STEPS} steps a job, SQLite",
+    ("graceful-steps", "postgres"): f"graceful_web durable, {STEPS} steps a job, PostgreSQL",
+    ("graceful-keyed", "sqlite"): "graceful_web durable with an idempotency key, SQLite",
+    ("graceful-keyed", "postgres"): "graceful_web durable with an idempotency key, PostgreSQL",
+    ("dbos-steps", "sqlite"): f"DBOS, {STEPS} `DBOS.step` a workflow, SQLite",
+    ("dbos-steps", "postgres"): f"DBOS, {STEPS} `DBOS.step` a workflow, PostgreSQL",
 }
 
 
@@ -490,6 +552,9 @@ def show(figures: DurableFigures) -> str:
         ran = figures.per_job_us(row, "ran_s")
         if ran is not None:
             parts.append(f"all ran {ran.show(1)} µs/job")
+        step = figures.step_us(row) if row[0].endswith("-steps") else None
+        if step is not None:
+            parts.append(f"a step {step.show(1)} µs")
         lines.append(f"  {name:17s} " + ", ".join(parts))
     return "\n".join(lines)
 

@@ -15,11 +15,14 @@ from pathlib import Path
 
 from ._harness import ROOT, Spread, wrk_version
 from .durable_jobs import LABELS as DURABLE_LABELS
-from .durable_jobs import DurableFigures
+from .durable_jobs import STEPS, DurableFigures
 from .hot_path import VARIANTS as HOT_PATH_VARIANTS
 from .hot_path import HotPath
 from .in_flight import InFlightFigures
 from .jobs import JobFigures
+from .long_lived import DRAIN_TIMEOUT as LONG_LIVED_DEADLINE
+from .long_lived import LONG_LIVED_GRACE, LongLivedFigures
+from .long_lived import Run as LongLivedRun
 from .stopping import EXIT_CASES, StopFigures
 from .throughput import CONNECTIONS, VARIANTS, Comparison
 
@@ -69,6 +72,7 @@ class Results:
     quick: bool = False
     hot_path: HotPath | None = None
     durable: DurableFigures | None = None
+    long_lived: LongLivedFigures | None = None
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -237,6 +241,7 @@ def summary_table(results: Results) -> str:
             f"| not a target: the peer people use |"
         )
     rows.extend(_durable_summary_rows(results.durable))
+    rows.extend(long_lived_summary_rows(results.long_lived))
     flight = results.in_flight
     for (server, with_library), runs in flight.runs.items():
         if not with_library:
@@ -609,6 +614,9 @@ def results_markdown(results: Results) -> str:
         _hot_path_section(add, results.hot_path)
     if results.durable is not None:
         out.extend(durable_section(results.durable))
+    if results.long_lived is not None:
+        out.append("")
+        out.extend(long_lived_section(results.long_lived))
     return "\n".join(out)
 
 
@@ -802,6 +810,18 @@ def durable_section(figures: DurableFigures) -> list[str]:
             "gain (its writes wait for each other)."
         )
         add("")
+    steps = [
+        f"{DURABLE_LABELS.get(row, row[0]).split(',')[0]} on {row[1]} {med(step, 1)} µs"
+        for row in figures.rows
+        if row[0].endswith("-steps") and (step := figures.step_us(row)) is not None
+    ]
+    if steps:
+        add(
+            f"A step, recorded before the next one runs (jobs of {STEPS} steps, "
+            f"{_num(figures.n, 0)} at once): its rows' *all ran* over their peer's without "
+            f"steps, per step, run by run: {'; '.join(steps)}."
+        )
+        add("")
     runs = sorted({len(runs) for runs in figures.runs.values()})
     add(f"Runs per row: {', '.join(str(count) for count in runs) or '0'}.")
     add("")
@@ -817,11 +837,11 @@ def _scaled(spread: Spread | None, divisor: float, digits: int) -> str:
     )
 
 
-def splice_durable_section(text: str, section: list[str]) -> str:
-    """``text`` (a results file) with its section 7 replaced by ``section``, or with
-    ``section`` added at its end when it has none."""
+def splice_section(text: str, heading: str, section: list[str]) -> str:
+    """``text`` (a results file) with its section under ``heading`` replaced by ``section``, or
+    with ``section`` added at its end when it has none."""
     lines = text.rstrip("\n").split("\n")
-    start = next((i for i, line in enumerate(lines) if line.startswith(DURABLE_HEADING)), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
     if start is None:
         spliced = [*lines, "", *section]
     else:
@@ -830,3 +850,114 @@ def splice_durable_section(text: str, section: list[str]) -> str:
         )
         spliced = [*lines[:start], *section, *lines[end:]]
     return "\n".join(spliced).rstrip("\n") + "\n"
+
+
+# -- figure 8: websockets and event streams at scale ------------------------------------------
+
+LONG_LIVED_HEADING = "## 8. Websockets and event streams"
+LONG_LIVED_EXIT_S = 2.0  # last one told -> exit
+
+
+def _long_lived_cells(run: LongLivedRun) -> tuple[str, str, str]:
+    """Websockets, feeds, times of one run, as the tables show them."""
+    codes = ", ".join(
+        f"{_num(count, 0)} × {code}" for code, count in sorted(run.websockets.items())
+    )
+    feeds = ", ".join(f"{_num(count, 0)} {how}" for how, count in sorted(run.streams.items()))
+    told = "n/a" if run.signal_to_last_told_s is None else f"{run.signal_to_last_told_s:.2f} s"
+    after = "n/a" if run.last_told_to_exit_s is None else f"{run.last_told_to_exit_s:.2f} s"
+    return codes or "none", feeds or "none", f"{told} / {after}"
+
+
+def long_lived_met(run: LongLivedRun, n: int) -> bool:
+    return (
+        run.polite_closes == n
+        and run.streams.get("clean", 0) == n
+        and run.signal_to_last_told_s is not None
+        and run.signal_to_last_told_s <= LONG_LIVED_GRACE + 1
+        and run.last_told_to_exit_s is not None
+        and run.last_told_to_exit_s <= LONG_LIVED_EXIT_S
+        and run.exit_status == 0
+    )
+
+
+def long_lived_summary_rows(figures: LongLivedFigures | None) -> list[str]:
+    if figures is None:
+        return []
+    n = _num(figures.connections, 0)
+    rows = []
+    for server in dict.fromkeys(run.server for run in figures.runs):
+        runs = {run.graceful: run for run in figures.runs if run.server == server}
+        if set(runs) != {False, True}:
+            continue
+        bare, ours = (
+            "; ".join((*_long_lived_cells(runs[graceful]), f"exit {runs[graceful].exit_status}"))
+            for graceful in (False, True)
+        )
+        rows.append(
+            f"| {n} websockets + {n} event streams open at SIGTERM, {server}: close codes; "
+            f"feeds; signal → last one told / → exit | {bare} | {ours} "
+            f"| every one closed (1012/1001) or ended cleanly, last told ≤ grace + 1 s, exit "
+            f"≤ {LONG_LIVED_EXIT_S:.0f} s after, status 0: "
+            f"{_verdict(long_lived_met(runs[True], figures.connections))} |"
+        )
+    return rows
+
+
+def long_lived_section(figures: LongLivedFigures) -> list[str]:
+    """Section 8 of bench/results.md, lines without the trailing newline."""
+    n = _num(figures.connections, 0)
+    out: list[str] = [f"{LONG_LIVED_HEADING}: {n} of each open in one process at SIGTERM", ""]
+    add = out.append
+    if figures.measured_alone:
+        add(f"*Measured by itself* (`python -m bench long-lived`): {figures.measured_alone}.")
+        add("")
+    scaled = ""
+    if figures.connections < figures.wanted:
+        scaled = (
+            f" ({n} of each, not {_num(figures.wanted, 0)}: the open-files hard limit of this "
+            f"machine, {_num(figures.files_limit, 0)}, is what one process may hold, and only "
+            "a privileged process raises it)"
+        )
+    add(
+        f"One server process with {n} websockets (an echo handler, as each framework's docs "
+        f"write one) and {n} server-sent-event feeds (an endless `text/event-stream`, one event "
+        f"every few seconds) open{scaled}, opened by {figures.clients} client processes on "
+        "aiohttp's client, then SIGTERM. Read from the clients: how each websocket was closed "
+        "(the close code of the server's close frame; 1006 when the connection went without "
+        "one), whether each feed came to its proper end (*clean*) or broke off (*cut*), the "
+        "time from the signal to the last connection told (its close frame or clean end) and "
+        "from then to the process's exit; the server's peak RSS from its rusage. graceful_web "
+        f"runs with a {LONG_LIVED_DEADLINE:g} s deadline and `long_lived_grace` "
+        f"{LONG_LIVED_GRACE:g} s; the bare servers get the same deadline of their own "
+        f"(aiohttp's `run_app` `shutdown_timeout`, uvicorn `--timeout-graceful-shutdown`; "
+        "without it uvicorn waits for an endless feed for ever). One run each."
+    )
+    add("")
+    add(
+        "| server | opened | websockets closed | feeds ended | signal → last one told / "
+        "→ exit | signal → last one ended, told or not | signal → exit | exit status "
+        "| peak RSS |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for run in figures.runs:
+        codes, feeds, times = _long_lived_cells(run)
+        ended = "n/a" if run.signal_to_last_end_s is None else f"{run.signal_to_last_end_s:.2f} s"
+        add(
+            f"| {run.label} | {_num(run.opened, 0)} | {codes} | {feeds} | {times} | {ended} "
+            f"| {run.signal_to_exit_s:.2f} s | {run.exit_status} | {run.peak_rss_mib:.0f} MiB |"
+        )
+    add("")
+    verdicts = [
+        f"{run.server} {_verdict(long_lived_met(run, figures.connections))}"
+        for run in figures.runs
+        if run.graceful
+    ]
+    add(
+        "Target with graceful_web: every websocket closed with 1012 or 1001 and every feed "
+        f"ended cleanly, the last one told at most `long_lived_grace` + 1 s after the signal, "
+        f"the exit at most {LONG_LIVED_EXIT_S:.0f} s after that, status 0: "
+        f"{'; '.join(verdicts)}."
+    )
+    add("")
+    return out

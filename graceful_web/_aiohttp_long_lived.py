@@ -72,32 +72,37 @@ async def _close_websocket(
     code: int,
     long_lived: LongLived,
 ) -> Awaitable[None]:
-    # close() hands the handler's receive() the end, then waits for the client's answer.
-    with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+    # close() hands the handler's receive() the end, then waits for the client's answer
+    # (bounded with every other close by the drain, _long_lived).
+    try:
         await websocket.close(code=code, message=b"service restart")
-    if websocket.closed:
-        long_lived.ended("websocket")
+    finally:
+        if websocket.closed:
+            long_lived.ended("websocket")
     return _handler_returns(task, call, code)
 
 
 async def _handler_returns(task: asyncio.Task[Any], call: Any, code: int) -> None:
-    if task.done():
-        return
-    await asyncio.wait({task}, timeout=CLOSE_HANDSHAKE_TIME)
-    if not task.done():
-        logger.warning(
-            "websocket %s: its handler did not return within %.1f s of the close (%d): "
-            "cancelled",
-            _census.name(call),
-            CLOSE_HANDSHAKE_TIME,
-            code,
-        )
-        task.cancel()
+    try:
+        await asyncio.wait({task})
+    finally:
+        if not task.done():
+            _handler_cancelled(task, call, code)
 
 
-async def _end_stream(response: web.StreamResponse, task: asyncio.Task[Any]) -> None:
-    ending[task] = response
+def _handler_cancelled(task: asyncio.Task[Any], call: Any, code: int) -> None:
+    logger.warning(
+        "websocket %s: its handler did not return within %.1f s of the close (%d): cancelled",
+        _census.name(call),
+        CLOSE_HANDSHAKE_TIME,
+        code,
+    )
     task.cancel()
+
+
+def _end_stream(response: web.StreamResponse, task: asyncio.Task[Any]) -> None:
+    ending[task] = response
+    task.cancel()  # the middleware ends the body as the cancellation comes through
 
 
 async def stream_ended_by_the_drain(name: str) -> web.StreamResponse | None:

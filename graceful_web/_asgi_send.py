@@ -7,12 +7,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
+from . import _long_lived
 from . import durable as _durable
 from ._asgi_lifespan import Message, Send
 from ._asgi_stream import is_ending, note_start
 from ._current import current_drain
 from ._drain import Drain, process
+from ._undelivered import send_or_note_undelivered
 
+#: An event stream's header as frameworks write it, looked for in one C-level pass: a request
+#: served plainly pays for nothing more (a stream spelt otherwise can be marked reconnectable).
+_EVENT_STREAM = frozenset(
+    (b"content-type", value)
+    for value in (b"text/event-stream", b"text/event-stream; charset=utf-8")
+)
 _READY = b"ready\n"
 _DRAINING = b"draining\n"
 _READINESS_HEADERS = [
@@ -25,7 +33,9 @@ def send_closing_when_draining(send: Send, message: Message) -> Awaitable[None]:
     """The ``send`` a request served plainly is given, bound to the server's as a method: a
     method object costs less to make than a closure, and one is made for every request."""
     if process.serving:
-        if message["type"] == "http.response.start":
+        if message["type"] == "http.response.start" and (
+            _long_lived.marked or not _EVENT_STREAM.isdisjoint(message.get("headers", ()))
+        ):
             note_start(send, message)
         return send(message)
     return _send_draining(send, message)
@@ -40,7 +50,7 @@ def _send_draining(send: Send, message: Message) -> Awaitable[None]:
             message = with_connection_close(message)
     elif is_ending(send):
         return _dropped()  # the drain is ending this stream: the app's own chunks stop here
-    return send(message)
+    return send_or_note_undelivered(send, message)
 
 
 async def _dropped() -> None:

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 
-from . import _quirks, _signals
+from . import _hypercorn, _quirks, _signals
 from ._drain import Drain
 from ._report import forced_exit_code
 from ._stop import Connections, StopSequence
@@ -53,6 +53,7 @@ class AsyncioServer:
 
     def stop(self, sig: signal.Signals, installed: _signals.Installed | None) -> None:
         stop_signal = self.server_stop.get(sig)
+        _hypercorn.go_away_h2(asyncio.get_running_loop())
         if installed is not None and stop_signal is not None:
             installed.deliver(stop_signal)
 
@@ -111,16 +112,21 @@ def stop_sequence(drain: Drain, *, handle_signals: bool) -> StopSequence:
         if handle_signals and "trio" in sys.modules:
             sequence.install(drain.config.signals)
         return sequence
-    # The server's way to stop: its handler for SIGTERM (or SIGINT).
-    stop_signal = next(
-        (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
-    )
+    stop_signal = server_stop_signal()
     server = AsyncioServer(drain, stop_signal or signal.SIGTERM)
     sequence = StopSequence(drain, server)
     if handle_signals and stop_signal is not None:
         server.captured_signals = _quirks.uvicorn_captured_signals(stop_signal)
         sequence.install(drain.config.signals)
     return sequence
+
+
+def server_stop_signal() -> signal.Signals | None:
+    """The server's way to stop: its handler for SIGTERM (or SIGINT); None when nothing in
+    the process acts on either."""
+    return next(
+        (sig for sig in (signal.SIGTERM, signal.SIGINT) if _signals.server_handles(sig)), None
+    )
 
 
 def end_clean_drain(server: object) -> None:

@@ -47,7 +47,7 @@ def note_start(send: Send, message: Message, cancel: Callable[[], object] | None
         cancel = task.cancel
     stop_app = cancel
 
-    async def end() -> None:
+    def end() -> None:
         ending.add(send)
         stop_app()  # the call serving the request sends the body's end as the app unwinds
 

@@ -41,31 +41,32 @@ async def serve_websocket(
                 await send(message)
 
     async def close() -> Awaitable[None] | None:
+        # Bounded with every other close by the drain (_long_lived), not each on its own.
         nonlocal closing
         if app_done.is_set():
             return None
         closing = True
-        sent = False
-        with anyio.move_on_after(CLOSE_HANDSHAKE_TIME), contextlib.suppress(Exception):
+        try:
             async with send_lock:
                 await send({"type": "websocket.close", "code": code, "reason": "service restart"})
-                sent = True
-        if sent:
-            drain.long_lived.ended("websocket")
+        except Exception:
+            return app_returns()  # the connection is gone already: nothing was closed
+        drain.long_lived.ended("websocket")
         return app_returns()
 
     async def app_returns() -> None:
-        with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+        try:
             await app_done.wait()
-        if not app_done.is_set():
-            logger.warning(
-                "websocket %s: its handler did not return within %.1f s of the close "
-                "(%d): cancelled",
-                path,
-                CLOSE_HANDSHAKE_TIME,
-                code,
-            )
-            app_scope.cancel()
+        finally:
+            if not app_done.is_set():
+                logger.warning(
+                    "websocket %s: its handler did not return within %.1f s of the close "
+                    "(%d): cancelled",
+                    path,
+                    CLOSE_HANDSHAKE_TIME,
+                    code,
+                )
+                app_scope.cancel()
 
     token = inside_protected.set(True)
     work = drain.request_started(f"WEBSOCKET {path}", app_scope.cancel)

@@ -32,6 +32,9 @@ DEFAULT_WEBSOCKET_CLOSE_CODE = 1012
 #: Close codes an endpoint may not send (RFC 6455 7.4.1: reserved for "no code", "abnormal",
 #: "TLS failure").
 _RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: A server that drops its connections without sending what it still holds for them (daphne's
+#: Twisted reactor at its shutdown) is told to stop once that is sent: at most this long.
+UNSENT_FLUSH_BOUND = 1.0
 
 # The timers after the deadline, each derived from the one before it.
 #: How long cancelled work may take to unwind after the deadline (finally blocks, rollbacks).
@@ -56,7 +59,7 @@ HARD_EXIT_AFTER = CANCEL_GRACE + LATE_HOOK_TIME
 CLOSE_HANDSHAKE_TIME = 1.0
 #: A server may hand the app the end of a websocket before its close is written (granian
 #: does): how long the close gets to reach the wire before such a server is told to stop.
-CLOSE_FLUSH_TIME = 0.05
+CLOSE_FLUSH_TIME = 0.1
 
 #: A hook handed in by the application (``on_abandoned``, ``on_drain_started``,
 #: ``on_drain_finished``), plain or async. What it is called with is the drain's business:
@@ -151,32 +154,21 @@ class Config:
             DEFAULT_PROGRESS_INTERVAL,
             True,
         )
-        idle_grace = _seconds(
+        idle_grace = _grace_after_delay(
             "idle_connection_grace",
             settings.get("idle_connection_grace"),
             IDLE_CONNECTION_GRACE_ENV,
             min(DEFAULT_IDLE_CONNECTION_GRACE, (timeout - delay) / 4),
-            True,
-        )
-        if idle_grace >= timeout - delay:
-            raise ValueError(
-                f"idle_connection_grace ({idle_grace:g} s) must be shorter than drain_timeout "
-                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): the grace is spent inside "
-                f"the one drain deadline, after the listeners close"
-            )
-        long_lived_grace = _seconds(
+            (timeout, delay, "the grace is spent inside the one drain deadline, after the "
+             "listeners close"),
+        )  # fmt: skip
+        long_lived_grace = _grace_after_delay(
             "long_lived_grace",
             settings.get("long_lived_grace"),
             LONG_LIVED_GRACE_ENV,
             min(DEFAULT_LONG_LIVED_GRACE, (timeout - delay) / 2),
-            True,
+            (timeout, delay, "websockets and streams are ended inside the one drain deadline"),
         )
-        if long_lived_grace >= timeout - delay:
-            raise ValueError(
-                f"long_lived_grace ({long_lived_grace:g} s) must be shorter than drain_timeout "
-                f"({timeout:g} s) less pre_stop_delay ({delay:g} s): websockets and streams "
-                f"are ended inside the one drain deadline"
-            )
         close_code = _close_code(settings.get("websocket_close_code"))
         if readiness_path is not None and (
             not isinstance(readiness_path, str) or not readiness_path.startswith("/")
@@ -221,6 +213,24 @@ def _close_code(value: int | None) -> int:
             f"1006 or 1015), e.g. 1012 (service restart) or 1001 (going away); got {value!r}"
         )
     return value
+
+
+def _grace_after_delay(
+    name: str,
+    value: float | None,
+    env: str,
+    default: float,
+    bound: tuple[float, float, str],
+) -> float:
+    """A grace spent after the pre-stop delay, inside the deadline: checked against both."""
+    grace = _seconds(name, value, env, default, True)
+    timeout, delay, why = bound
+    if grace >= timeout - delay:
+        raise ValueError(
+            f"{name} ({grace:g} s) must be shorter than drain_timeout ({timeout:g} s) less "
+            f"pre_stop_delay ({delay:g} s): {why}"
+        )
+    return grace
 
 
 def _seconds(name: str, value: float | None, env: str, default: float, allow_zero: bool) -> float:

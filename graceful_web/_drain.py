@@ -214,6 +214,7 @@ class Drain:
             handed_over=tuple(self._handed_over),
             websockets_closed=long_lived.websockets_closed,
             streams_ended=long_lived.streams_ended,
+            undelivered=tuple(self.work.undelivered),
         )
         for listener in tuple(report_listeners):
             try:
@@ -318,6 +319,9 @@ class Drain:
 
     def exit_request(self, task: asyncio.Task[Any]) -> None:
         self.work.exit_request(task)
+
+    def undeliverable(self, task: asyncio.Task[Any]) -> None:
+        self.work.undeliverable(task)
 
     def protected_futures(self) -> set[asyncio.Future[Any]]:
         return self.work.protected_futures()

@@ -59,10 +59,31 @@ async def watch_parent(sequence: StopSequence) -> None:
     listeners = _quirks.hypercorn_listeners(asyncio.get_running_loop()) if on_asyncio else []
     if listeners:
         await _listeners.close_listeners(listeners, accept_queued=False)
+    if on_asyncio:
+        go_away_h2(asyncio.get_running_loop())
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGTERM, _drain_goes_on)
     if not sequence.drain.draining:
         sequence.begin("SIGTERM")
+
+
+def go_away_h2(loop: asyncio.AbstractEventLoop) -> None:
+    """As hypercorn is told to stop: each of its HTTP/2 connections gets GOAWAY naming the last
+    stream it will answer, answers those in full and refuses later ones (``_quirks``)."""
+    protocols = _quirks.hypercorn_h2_protocols(loop)
+    unknown = sum(not _quirks.hypercorn_h2_go_away(protocol) for protocol in protocols)
+    if unknown and not _unknown_h2_said:
+        _unknown_h2_said.append(True)
+        logger.warning(
+            "hypercorn %s: %d HTTP/2 connections were not of the shape graceful_web knows; "
+            "hypercorn closes them as it does on its own, with no GOAWAY until their streams "
+            "are done",
+            _quirks.version_of("hypercorn"),
+            unknown,
+        )
+
+
+_unknown_h2_said: list[bool] = []
 
 
 def _drain_goes_on(signum: int, frame: Any) -> None:
@@ -99,3 +120,20 @@ def _warn_if_graceful_timeout_is_short(drain_timeout: float) -> None:
             drain_timeout,
             drain_timeout,
         )
+
+
+_warned_h2_under_trio = False
+
+
+def warn_h2_under_trio(scope: Any) -> None:
+    """Once, at the first HTTP/2 request under trio, where the drain's GOAWAY is not sent."""
+    global _warned_h2_under_trio
+    if _warned_h2_under_trio or scope.get("http_version") != "2":
+        return
+    _warned_h2_under_trio = True
+    logger.warning(
+        "HTTP/2 under trio: at a stop its connections get hypercorn's own GOAWAY only once "
+        "every stream is done, and streams opened meanwhile are reset with NO_ERROR (a client "
+        "cannot tell it may retry them). Run hypercorn on asyncio or uvloop (-k asyncio, "
+        "-k uvloop) for the drain's GOAWAY at the signal"
+    )

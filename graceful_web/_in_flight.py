@@ -17,7 +17,7 @@ import anyio
 
 from . import _census
 from ._jobs import Jobs
-from ._report import WorkKind
+from ._report import AbandonedWork, WorkKind
 from ._requests import Requests
 from ._work import Work
 
@@ -41,6 +41,10 @@ class InFlight:
         self.failed_jobs = 0
         self.refused_jobs = 0
         self._abandoned: set[Work] = set()
+        # Requests whose response could not be delivered: their tasks, and what the report
+        # names (not counted as drained).
+        self._undelivered: set[Any] = set()
+        self.undelivered: list[AbandonedWork] = []
         self._idle_waiters: list[Callable[[], None]] = []
 
     @property
@@ -113,14 +117,14 @@ class InFlight:
         else:
             self._work_jobs += 1
 
-    def discard(self, work: Work, *, failed: bool = False) -> None:
+    def discard(self, work: Work, *, failed: bool = False, delivered: bool = True) -> None:
         if work not in self.work:
             return
         self.work.remove(work)
         counted = not self.open and work not in self._abandoned
         if work.kind == "request":
             self._hand_requests -= 1
-            self.drained_requests += counted
+            self.drained_requests += counted and delivered
         else:
             self._work_jobs -= 1
             self._count_job(counted, failed)

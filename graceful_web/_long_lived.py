@@ -34,9 +34,10 @@ Kind = Literal["websocket", "stream"]
 StreamKind = Literal["finishing", "reconnectable"]
 KINDS: tuple[Kind, ...] = ("websocket", "stream")
 WEBSOCKETS: tuple[Kind, ...] = ("websocket",)
-#: Ends one connection: sends its close (or its body's end) and returns what then waits for its
-#: handler to return (cancelling one that does not), or None.
-End = Callable[[], Awaitable[Awaitable[None] | None]]
+#: Ends one connection. None when that was all (a stream: its handler is cancelled, and the
+#: body's end follows as it unwinds); else what sends the close and then returns what waits
+#: for the handler to return (cancelling one that does not), or None.
+End = Callable[[], "Awaitable[Awaitable[None] | None] | None"]
 #: Learns the connections open at the moment it is called: (key, kind, end) each.
 Finder = Callable[[], Iterable[tuple[object, Kind, End]]]
 
@@ -110,13 +111,17 @@ class LongLived:
                 )
             except Exception:
                 logger.exception("finding the open websockets and streams failed")
+        # One bound for all the closes, one for all the handlers: at 10 000 connections a
+        # bound (a cancel scope) for each would cost more than the closes themselves.
         follow_ups: list[Awaitable[None]] = []
         try:
             if found:
                 _log_ending(found)
-                async with anyio.create_task_group() as task_group:
-                    for _, end in found.values():
-                        task_group.start_soon(_send_end, end, follow_ups)
+                sending = _start_ends(found.values())
+                with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+                    async with anyio.create_task_group() as task_group:
+                        for send in sending:
+                            task_group.start_soon(_sent, send, follow_ups)
         finally:
             self._sent.update(kinds)
             if self._sent.issuperset(KINDS):
@@ -125,9 +130,10 @@ class LongLived:
                     wake()
             if on_sent is not None:
                 on_sent()
-        async with anyio.create_task_group() as task_group:
-            for follow_up in follow_ups:
-                task_group.start_soon(_await, follow_up)
+        with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):
+            async with anyio.create_task_group() as task_group:
+                for follow_up in follow_ups:
+                    task_group.start_soon(_waited, follow_up)
 
 
 def _log_ending(found: dict[object, tuple[Kind, End]]) -> None:
@@ -140,29 +146,45 @@ def _log_ending(found: dict[object, tuple[Kind, End]]) -> None:
     )
 
 
-async def _send_end(end: End, follow_ups: list[Awaitable[None]]) -> None:
-    # Each end bounds its own send; this bound only keeps a broken one from holding the rest.
-    with anyio.move_on_after(CLOSE_HANDSHAKE_TIME * 2):
+def _start_ends(found: Iterable[tuple[Kind, End]]) -> list[Awaitable[Awaitable[None] | None]]:
+    """Streams first: each ends in a call, none waits behind the websockets' closes."""
+    sending = []
+    for _, end in sorted(found, key=lambda entry: entry[0] != "stream"):
         try:
-            follow_up = await end()
+            send = end()
         except Exception:
             logger.exception("ending a websocket or stream failed")
-            return
-        if follow_up is not None:
-            follow_ups.append(follow_up)
+            continue
+        if send is not None:
+            sending.append(send)
+    return sending
 
 
-async def _await(follow_up: Awaitable[None]) -> None:
-    with anyio.move_on_after(CLOSE_HANDSHAKE_TIME * 2):
-        try:
-            await follow_up
-        except Exception:
-            logger.exception("waiting for a websocket's handler failed")
+async def _sent(
+    send: Awaitable[Awaitable[None] | None], follow_ups: list[Awaitable[None]]
+) -> None:
+    try:
+        follow_up = await send
+    except Exception:
+        logger.exception("closing a websocket failed")
+        return
+    if follow_up is not None:
+        follow_ups.append(follow_up)
+
+
+async def _waited(follow_up: Awaitable[None]) -> None:
+    try:
+        await follow_up
+    except Exception:
+        logger.exception("waiting for a websocket's handler failed")
 
 
 # -- which streams are reconnectable ----------------------------------------------------------
 
 _EVENT_STREAM = "text/event-stream"
+#: Whether any handler of this process ever marked a stream: until then a response's start is
+#: looked at only when it is an event stream (the request path's cost).
+marked = False
 _marked: contextvars.ContextVar[StreamKind | None] = contextvars.ContextVar(
     "graceful_web_stream", default=None
 )
@@ -187,6 +209,8 @@ def mark_stream(kind: StreamKind) -> None:
             f"mark_stream() takes 'finishing' (drained to its end) or 'reconnectable' (ended "
             f"once the drain's grace is over, the client reconnects), got {kind!r}"
         )
+    global marked
+    marked = True
     _marked.set(kind)
     try:
         task = asyncio.current_task()

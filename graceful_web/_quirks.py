@@ -9,9 +9,12 @@ Nothing here imports a web framework: the objects are handed in, or found by nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
+import ssl
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -189,6 +192,149 @@ def hypercorn_graceful_timeout() -> float | None:
         if isinstance(graceful_timeout, (int, float)):
             return float(graceful_timeout)
     return None
+
+
+# -- daphne ------------------------------------------------------------------------------
+
+#: The close codes RFC 6455 (7.4.1) has a server send, besides 1000.
+SERVER_CLOSE_CODES = frozenset({1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 1014})
+
+
+def daphne_sends_server_close_codes() -> bool:
+    """Let daphne close a websocket with 1001 or 1012 when the app's ``websocket.close`` says so.
+
+    daphne hands the code to autobahn's ``sendClose``, which takes only 1000 and 3000-4999 from
+    an application (daphne#374, autobahn#1642): for 1001 or 1012 it raises inside the server and
+    no close frame is sent, so the client ends with 1006 when the process exits. For the codes
+    RFC 6455 has a server send, ``WebSocketProtocol.serverClose`` then sends the frame with
+    autobahn's ``sendCloseFrame``, as daphne itself does for 1011. False (with a warning) when
+    those are not there."""
+    ws_protocol = sys.modules.get("daphne.ws_protocol")
+    protocol = getattr(ws_protocol, "WebSocketProtocol", None)
+    server_close = getattr(protocol, "serverClose", None)
+    if protocol is None or server_close is None or not hasattr(protocol, "sendCloseFrame"):
+        logger.warning(
+            "daphne %s: WebSocketProtocol.serverClose or sendCloseFrame not found: websockets "
+            "closed by the drain may end with 1006 instead of their close code",
+            version_of("daphne"),
+        )
+        return False
+    if getattr(server_close, "graceful_web", False):
+        return True
+
+    def serverClose(self: Any, code: int | None = None) -> None:
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code)
+        else:
+            server_close(self, code)
+
+    serverClose.graceful_web = True  # type: ignore[attr-defined]
+    protocol.serverClose = serverClose
+    return True
+
+
+def hypercorn_h2_protocols(loop: asyncio.AbstractEventLoop) -> list[Any]:
+    """The ``H2Protocol`` of each HTTP/2 connection hypercorn's asyncio worker serves on
+    ``loop``: each runs a task of its ``send_task`` (hypercorn.protocol.h2), whose ``self`` it
+    is."""
+    if "hypercorn.protocol.h2" not in sys.modules:
+        return []
+    found = []
+    for task in asyncio.all_tasks(loop):
+        for frame in _awaited_frames(task)[:1]:
+            name = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+            if name == ("hypercorn.protocol.h2", "send_task") and "self" in frame.f_locals:
+                found.append(frame.f_locals["self"])
+    return found
+
+
+#: RFC 9113 error codes: a stream refused before any processing may be retried elsewhere.
+_H2_NO_ERROR = 0x0
+_H2_REFUSED_STREAM = 0x7
+_H2_CONNECTION_CLOSED = 3  # h2.connection.ConnectionState.CLOSED
+
+
+def hypercorn_h2_go_away(protocol: Any) -> bool:
+    """Close one of hypercorn's HTTP/2 connections gracefully (RFC 9113 6.8), as hyper and Go
+    do: GOAWAY now, naming the last stream it will answer; a stream opened later is refused
+    with REFUSED_STREAM (safe to retry elsewhere); hypercorn's final GOAWAY names the same
+    stream; a client writing after the TLS close (a WINDOW_UPDATE on the wire) no longer ends
+    hypercorn with status 1. False when the shape is not the one known, or it is closed.
+    (hypercorn alone: one GOAWAY once every stream is done, later streams reset NO_ERROR.)"""
+    connection: Any = getattr(protocol, "connection", None)
+    state = getattr(getattr(connection, "state_machine", None), "state", None)
+    last = getattr(connection, "highest_inbound_stream_id", None)
+    send: Any = getattr(protocol, "send", None)
+    create_stream: Any = getattr(protocol, "_create_stream", None)
+    raw_data: Any = getattr(sys.modules.get("hypercorn.events"), "RawData", None)
+    callables = (send, create_stream, raw_data, *(getattr(connection, name, None) for name in
+                 ("reset_stream", "close_connection")))
+    if not isinstance(last, int) or state is None or not all(map(callable, callables)):
+        return False
+    if int(getattr(state, "value", state)) == _H2_CONNECTION_CLOSED:
+        return False
+    if getattr(connection.close_connection, "__name__", "") == "close_naming_last":
+        return True  # told already (a second signal)
+    reset_stream = connection.reset_stream
+    close_connection = connection.close_connection
+
+    def refuse(stream_id: int, error_code: int = _H2_REFUSED_STREAM) -> Any:
+        return reset_stream(stream_id, error_code)
+
+    def close_naming_last(error_code: int = _H2_NO_ERROR, *args: Any, **kwargs: Any) -> Any:
+        # What the client sends after it (a WINDOW_UPDATE) is ignored: h2 would answer it
+        # with a second GOAWAY, PROTOCOL_ERROR, its streams all answered.
+        connection.receive_data = lambda data: []
+        return close_connection(error_code, *args, **{"last_stream_id": last, **kwargs})
+
+    async def create_or_refuse(request: Any) -> None:
+        # Before hypercorn itself knows it is stopping: a stream past the GOAWAY's last one.
+        if request.stream_id > last:
+            refuse(request.stream_id)
+            return
+        await create_stream(request)
+
+    connection.reset_stream = refuse  # hypercorn resets streams that come once it is stopping
+    connection.close_connection = close_naming_last
+    protocol._create_stream = create_or_refuse
+    tcp_server = getattr(send, "__self__", None)  # hypercorn.asyncio.tcp_server.TCPServer
+    close = getattr(tcp_server, "_close", None)
+    if callable(close):
+
+        async def close_despite_late_tls_data() -> None:
+            with contextlib.suppress(ssl.SSLError):  # APPLICATION_DATA_AFTER_CLOSE_NOTIFY
+                await close()
+
+        tcp_server._close = close_despite_late_tls_data  # type: ignore[union-attr]
+    # A GOAWAY frame (length 8, type 7, no flags, stream 0), written past h2's state machine,
+    # which would close the connection to every frame after it.
+    goaway = bytes.fromhex("000008070000000000") + last.to_bytes(4, "big") + bytes(4)
+    task = asyncio.get_running_loop().create_task(send(raw_data(data=goaway)))
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+    return True
+
+
+_sending: set[asyncio.Task[Any]] = set()
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+def connection_gone(send: object) -> bool:
+    """Whether a server's ``send`` for one response says its connection is gone, so that what
+    is sent on it is dropped without a word: uvicorn's ``RequestResponseCycle.disconnected``
+    (both HTTP implementations), hypercorn's ``HTTPStream.closed`` (HTTP/1.1 and HTTP/2; set
+    as the stream closes, so it counts only before the response's last message)."""
+    owner = getattr(send, "__self__", None)
+    if owner is None:
+        return False
+    module = type(owner).__module__
+    if module.startswith("uvicorn.protocols.http."):
+        return getattr(owner, "disconnected", False) is True
+    if module == "hypercorn.protocol.http_stream":
+        return getattr(owner, "closed", False) is True
+    return False
 
 
 # -- asyncio tasks -----------------------------------------------------------------------

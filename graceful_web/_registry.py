@@ -18,7 +18,14 @@ from typing import Any, Protocol, TypeVar
 
 from . import _trio_jobs
 from ._in_flight import InFlight
-from ._report import AbandonedWork, WorkKind, log_abandoned, log_handed_over, log_job_failed
+from ._report import (
+    AbandonedWork,
+    WorkKind,
+    log_abandoned,
+    log_handed_over,
+    log_job_failed,
+    log_undelivered,
+)
 from ._work import ShutdownInProgress, Work, inside_protected
 
 T = TypeVar("T")
@@ -109,15 +116,31 @@ class Registry(InFlight):
         if self._requests.leave_noted(task):
             self._hand_requests -= 1
             return
+        delivered = task not in self._undelivered
+        self._undelivered.discard(task)
         work = self._requests.leave_adopted(task)
         if work is not None:
-            self.discard(work)
+            self.discard(work, delivered=delivered)
             return
         abandoned = self._requests.leave_learnt(task)
         if abandoned is not None:
-            self.drained_requests += not abandoned
+            self.drained_requests += not abandoned and delivered
             if not self.any_left:
                 self.wake_idle_waiters()
+
+    def undeliverable(self, task: asyncio.Task[Any]) -> None:
+        """The server cannot deliver the response of the request ``task`` serves (its
+        connection closed under it): the request is named, and not counted as drained."""
+        if self.open or task in self._undelivered:
+            return
+        described = self._requests.describe(task)
+        if described is None:
+            return
+        self._undelivered.add(task)
+        name, started = described
+        entry = AbandonedWork("request", name, time.monotonic() - started)
+        self.undelivered.append(entry)
+        log_undelivered(entry)
 
     def request_started(self, name: str, cancel: Callable[[], object]) -> Work:
         """Register an in-flight request by hand (during the drain, a request still gets in

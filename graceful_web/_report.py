@@ -54,6 +54,10 @@ class DrainReport:
     #: body it ended, once their grace was over: ended politely, not abandoned.
     websockets_closed: int = 0
     streams_ended: int = 0
+    #: Requests whose handler finished but whose response the server could not deliver (its
+    #: connection closed under it): not counted as drained. Not the process's own loss (a
+    #: client that hangs up does it too), so no reason for a failing exit status either.
+    undelivered: tuple[AbandonedWork, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -140,6 +144,14 @@ def _log_cut(message: str, work: AbandonedWork, extra: dict[str, object]) -> Non
     logger.warning(message, work.kind, work.name, work.age, extra={**fields, **extra})
 
 
+def log_undelivered(work: AbandonedWork) -> None:
+    _log_cut(
+        "undelivered %s %r after %.1f s: its connection closed under the response",
+        work,
+        {"graceful_undelivered": True},
+    )
+
+
 def log_forced(reason: str, in_flight: int) -> None:
     logger.warning(
         "second signal (%s): cancelling %d pieces of protected work now", reason, in_flight
@@ -150,7 +162,7 @@ def log_finished(report: DrainReport) -> None:
     log = logger.warning if report.abandoned else logger.info
     log(
         "drain finished in %.0f ms: drained %d requests and %d jobs (%d failed), "
-        "%srefused %d jobs, %sabandoned %d",
+        "%srefused %d jobs, %s%sabandoned %d",
         report.duration * 1000,
         report.drained_requests,
         report.drained_jobs,
@@ -158,6 +170,7 @@ def log_finished(report: DrainReport) -> None:
         _ended_politely(report),
         report.refused_jobs,
         f"handed over {len(report.handed_over)}, " if report.handed_over else "",
+        f"undelivered {len(report.undelivered)}, " if report.undelivered else "",
         len(report.abandoned),
         extra={
             "graceful_duration_ms": round(report.duration * 1000, 1),
@@ -169,6 +182,7 @@ def log_finished(report: DrainReport) -> None:
             "graceful_handed_over": len(report.handed_over),
             "graceful_websockets_closed": report.websockets_closed,
             "graceful_streams_ended": report.streams_ended,
+            "graceful_undelivered": len(report.undelivered),
         },
     )
 

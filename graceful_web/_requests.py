@@ -91,6 +91,16 @@ class Requests:
         task = min(self.learnt, key=self.started)
         return _census.name(self.learnt[task]), self.started(task)
 
+    def describe(self, task: object) -> tuple[str, float] | None:
+        """Name and start of the request ``task`` serves, registered or learnt (None for
+        another task)."""
+        work = self._adopted.get(task)
+        if work is not None:
+            return work.name, work.started
+        if task in self.learnt:
+            return _census.name(self.learnt[task]), self.started(task)  # type: ignore[arg-type]
+        return None
+
     def names(self) -> list[str]:
         return [_census.name(call) for call in tuple(self.learnt.values())]
 

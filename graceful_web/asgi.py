@@ -37,6 +37,9 @@ from ._asgi_websocket import serve_websocket
 from ._config import AsgiSettings, config_of
 from ._current import current_drain, request_done
 from ._drain import Drain, process
+from ._hypercorn import warn_h2_under_trio
+from ._undelivered import send_or_note_undelivered
+from ._without_lifespan import WithoutLifespan
 from ._work import inside_protected
 
 __all__ = ["GracefulLifespan"]
@@ -76,9 +79,12 @@ class GracefulLifespan:
         self.handle_signals = handle_signals
         self._readiness_path = self.config.readiness_path
         # Set by lifespan startup; a request arriving while it is still False means the server
-        # never sends lifespan, so nothing would be drained: said once, at that request.
+        # never sends lifespan (daphne, uvicorn --lifespan off): that request starts it all.
         self._lifespan_started = False
         self._serve_plainly = False
+        self._without_lifespan = WithoutLifespan(
+            self.config, handle_signals=handle_signals, on_startup=self._note_lifespan
+        )
 
     def __repr__(self) -> str:
         return f"GracefulLifespan({self.app!r})"
@@ -108,9 +114,8 @@ class GracefulLifespan:
         except Unrecorded:
             pass  # answered 503 in place of the app's response
         except BaseException as exc:
-            if process.serving or not is_ending(send):
+            if process.serving or not _ended_by_the_drain(send, exc):
                 raise
-            _unwound_by_the_drain(exc)
         finally:
             if not process.serving:
                 if is_ending(send):
@@ -125,11 +130,11 @@ class GracefulLifespan:
         scope_type = scope["type"]
         if scope_type == "http":
             if not self._lifespan_started:
-                self._warn_without_lifespan()
+                await self._without_lifespan.start()
             return await self._http_uncommon(scope, receive, send)
         elif scope_type == "websocket":
             if not self._lifespan_started:
-                self._warn_without_lifespan()
+                await self._without_lifespan.start()
             await serve_websocket(self.app, self.config, scope, receive, send)
         elif scope_type == "lifespan":
             await Lifespan(
@@ -150,17 +155,6 @@ class GracefulLifespan:
         # Requests are served without registering only where the drain can learn them later
         # from the loop's tasks: on asyncio's loop (or uvloop), not under trio.
         self._serve_plainly = _running_loop() is not None
-
-    def _warn_without_lifespan(self) -> None:
-        self._lifespan_started = True  # say it once
-        logger.warning(
-            "the server sent no lifespan startup before this request (uvicorn "
-            "--lifespan off, granian --interface asginl, or a server without lifespan "
-            "support): nothing will be drained on shutdown, and protected jobs are cancelled "
-            "when the process exits. Run the server with lifespan on (uvicorn --lifespan on; "
-            "GracefulLifespan answers lifespan itself even when the wrapped app, e.g. "
-            "Django's, does not support it)"
-        )
 
     # -- requests ------------------------------------------------------------------------
 
@@ -195,27 +189,32 @@ class GracefulLifespan:
                     message = with_connection_close(message)
             elif is_ending(send):
                 return  # the drain is ending this stream: the app's own chunks stop here
-            await send(message)
+            await send_or_note_undelivered(send, message)
 
         if task is None:
             # trio: cancelling the request means cancelling a scope around it.
-            with request_scope:
-                work = drain.request_started(_request_name(scope), request_scope.cancel)
-                try:
-                    await self._protected(scope, receive, send_closing_when_draining)
-                finally:
-                    drain.long_lived.discard(send)
-                    if is_ending(send):
-                        await end_stream(send, _request_name(scope))
-                    drain.discard(work)
+            warn_h2_under_trio(scope)
+            work = drain.request_started(_request_name(scope), request_scope.cancel)
+            try:
+                with request_scope:
+                    try:
+                        await self._protected(scope, receive, send_closing_when_draining)
+                    except Exception:
+                        if not is_ending(send):
+                            raise
+                # Out of the cancelled scope: the body's end can be sent.
+                if is_ending(send):
+                    await end_stream(send, _request_name(scope))
+            finally:
+                drain.long_lived.discard(send)
+                drain.discard(work)
             return
         entered = drain.enter_request(task, _request_name, scope)
         try:
             await self._protected(scope, receive, send_closing_when_draining)
         except BaseException as exc:
-            if not is_ending(send):
+            if not _ended_by_the_drain(send, exc):
                 raise
-            _unwound_by_the_drain(exc)
         finally:
             if is_ending(send):
                 await end_stream(send, _request_name(scope))
@@ -233,15 +232,25 @@ class GracefulLifespan:
             inside_protected.reset(token)
 
 
-def _unwound_by_the_drain(exc: BaseException) -> None:
-    """The app of a stream the drain is ending unwound with ``exc``: the drain's cancel (taken
-    back, so the request ends as one that returned), or what the app raised on its way out."""
-    if isinstance(exc, asyncio.CancelledError):
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+def _ended_by_the_drain(send: Send, exc: BaseException) -> bool:
+    """Whether the app unwound with ``exc`` because the drain ended its request: a stream it
+    ends (the body's end follows), or, cancelled, a request cut at the deadline or by a second
+    signal (the drain's own line names it: no traceback from the server besides). The drain's
+    cancel is taken back, so the request ends as one that returned."""
+    if is_ending(send):
+        if not isinstance(exc, asyncio.CancelledError):
+            logger.debug("a stream ended by the drain unwound with %r", exc)
+            return True
+    elif isinstance(exc, asyncio.CancelledError):
+        drain = current_drain()
+        if not (drain.forced or (drain.deadline is not None and drain.remaining() <= 0)):
+            return False
     else:
-        logger.debug("a stream ended by the drain unwound with %r", exc)
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
 
 
 def _current_asyncio_task() -> asyncio.Task[Any] | None:

@@ -31,6 +31,8 @@ collect_ignore += [] if os.environ.get("GRACEFUL_RELOAD_TESTS") == "1" else ["re
 PORTABLE = (
     "tests/unit/",
     "tests/servers/test_servers_and_loops.py",
+    "tests/servers/test_without_lifespan.py::test_requests_and_jobs_in_flight_are_drained",
+    "tests/servers/test_without_lifespan.py::test_daphne_websockets_through_channels_are_closed_by_the_drain",
     "tests/servers/test_connections_at_stop.py::test_an_idle_keep_alive_connection_gets_its_next_request_answered",
     "tests/servers/test_connections_at_stop.py::test_a_connection_still_idle_after_the_grace_is_closed_and_the_process_exits",
     "tests/servers/test_log_output.py::test_lines_appear_once_in_the_servers_own_format",

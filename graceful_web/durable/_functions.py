@@ -18,13 +18,19 @@ class Registered:
     name: str
     function: JobFunction
     max_attempts: int | None  # None: the setting's
+    key: Callable[..., str] | None = None  # makes a call's idempotency key of its arguments
 
 
 #: Every durable function of this process, by its stable name.
 functions: dict[str, Registered] = {}
 
 
-def register(function: JobFunction, name: str | None, max_attempts: int | None) -> Registered:
+def register(
+    function: JobFunction,
+    name: str | None,
+    max_attempts: int | None,
+    key: Callable[..., str] | None = None,
+) -> Registered:
     """Register ``function`` under ``name`` (else ``module:qualname``), refusing what could
     not be found again by another process."""
     stable = name or f"{function.__module__}:{function.__qualname__}"
@@ -41,7 +47,7 @@ def register(function: JobFunction, name: str | None, max_attempts: int | None) 
             f"two durable jobs are registered under {stable!r}: "
             f"{known.function!r} and {function!r}; give one of them another name"
         )
-    registered = functions[stable] = Registered(stable, function, max_attempts)
+    registered = functions[stable] = Registered(stable, function, max_attempts, key)
     return registered
 
 

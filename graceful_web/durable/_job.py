@@ -74,10 +74,30 @@ class DurableCall(Generic[T]):
                 f"and dicts of them) and load the rest inside the job. Nothing was started"
             ) from None
 
+    def key(self) -> str | None:
+        """The idempotency key its job declares for these arguments (``@durable.job(key=...)``),
+        else None."""
+        make = self.registered.key
+        if make is None:
+            return None
+        key = make(*self.args, **self.kwargs)
+        if not isinstance(key, str) or not key:
+            raise TypeError(
+                f"durable job {self.registered.name!r}: its key function gave {key!r}, not a "
+                f"non-empty string"
+            )
+        return key
+
     def __graceful_spawn__(self, registry: Registry, name: str | None) -> asyncio.Task[None]:
         """How ``graceful_web.spawn`` starts a durable call (the core knows no more of it)."""
         encoded = self.encode()
-        return _runner.spawn(registry, self.registered, self.args, self.kwargs, encoded, name)
+        key = None if self.registered.key is None else self.key()
+        spawned = _runner.spawn(
+            registry, self.registered, self.args, self.kwargs, encoded, name, key
+        )
+        if spawned.found is not None:
+            spawned.found.add_done_callback(functools.partial(_runner.log_conflict, spawned.record))
+        return spawned.task
 
     def __repr__(self) -> str:
         return f"<durable call {self.registered.name!r}>"
@@ -89,7 +109,10 @@ def job(function: Callable[P, Coroutine[Any, Any, T]], /) -> DurableFunction[P, 
 
 @overload
 def job(
-    *, name: str | None = None, max_attempts: int | None = None
+    *,
+    name: str | None = None,
+    max_attempts: int | None = None,
+    key: Callable[..., str] | None = None,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], DurableFunction[P, T]]: ...
 
 
@@ -99,11 +122,14 @@ def job(
     *,
     name: str | None = None,
     max_attempts: int | None = None,
+    key: Callable[..., str] | None = None,
 ) -> DurableFunction[P, T] | Callable[[Callable[P, Coroutine[Any, Any, T]]], DurableFunction[P, T]]:
     """Register an async function as a durable job, under ``name`` (else
     ``module:qualname``). Give a stable ``name`` when the function may move or be renamed:
     records of earlier releases find their function by it. ``max_attempts`` (else the
-    setting, 5) is how many failures make it dead."""
+    setting, 5) is how many failures make it dead. ``key``, called with a call's arguments,
+    makes its idempotency key: a second call with the same key starts nothing while the first
+    one's job is kept (see ``durable.spawn``)."""
     if max_attempts is not None and (
         isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
     ):
@@ -116,7 +142,7 @@ def job(
             raise TypeError(
                 f"@durable.job takes an async function (async def ...), got {function!r}"
             )
-        return DurableFunction(register(function, name, max_attempts))
+        return DurableFunction(register(function, name, max_attempts, key))
 
     if function is not None:
         return decorate(function)

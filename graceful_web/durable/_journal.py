@@ -2,7 +2,8 @@
 are accepted, forgotten once they are done) and keeps the lease that makes this process's
 records its own while it lives; with what befell the jobs of this process, counted.
 
-Records made in one turn of the loop share one write, and so do the jobs done in one turn.
+Records made in one turn of the loop share one write, and so do the jobs done in one turn and
+the steps completed in one turn.
 Nothing here blocks the loop: the SQLite store writes from a thread of its own, PostgreSQL
 through asyncpg.
 """
@@ -47,7 +48,17 @@ state = _State()
 
 #: How many jobs each outcome met in this process (the Prometheus collector reads these).
 counts = dict.fromkeys(
-    ("recorded", "refused", "completed", "failed", "dead", "handed_over", "recovered"), 0
+    (
+        "recorded",
+        "refused",
+        "completed",
+        "failed",
+        "dead",
+        "handed_over",
+        "recovered",
+        "cancelled",
+    ),
+    0,
 )
 
 journals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Journal] = (
@@ -68,6 +79,17 @@ def journal_for(loop: asyncio.AbstractEventLoop) -> Journal:
     return journal
 
 
+class Keyed:
+    """A record whose id stands for an idempotency key, on its way to the store."""
+
+    __slots__ = ("found", "record")
+
+    def __init__(self, record: Record, loop: asyncio.AbstractEventLoop) -> None:
+        self.record = record
+        #: Once written: the name and arguments of the job the key named already, else None.
+        self.found: asyncio.Future[tuple[str, str] | None] = loop.create_future()
+
+
 class Journal:
     """The records of the durable jobs of one event loop and the lease of their process."""
 
@@ -82,6 +104,13 @@ class Journal:
         self.context.run(inside_protected.set, True)
         self._inserts: Batches[Record] = Batches(loop, self._insert, self.context)
         self._completions: Batches[str] = Batches(loop, self._complete, self.context)
+        self._keyed: Batches[Keyed] = Batches(loop, self._insert_keyed, self.context)
+        self._steps: Batches[tuple[str, str, str]] = Batches(
+            loop, self._record_steps, self.context
+        )
+        #: The jobs this process runs, by id, and those of them being cancelled.
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.cancelling: set[str] = set()
         self._opened: asyncio.Future[None] | None = None
         self._leased = False  # this process's lease is in the store
         self._lease: asyncio.Task[None] | None = None
@@ -111,24 +140,66 @@ class Journal:
         state.unwritten += 1
         return self._inserts.add(record)
 
+    def record_keyed(
+        self, record: Record
+    ) -> tuple[asyncio.Future[None], asyncio.Future[tuple[str, str] | None]]:
+        """Record a new job whose id stands for an idempotency key, with the others of this
+        turn: the future of the write, and what the key named already (else None)."""
+        state.unwritten += 1
+        keyed = Keyed(record, self.loop)
+        return self._keyed.add(keyed), keyed.found
+
+    def step_done(self, job_id: str, name: str, result: str) -> asyncio.Future[None]:
+        """Record a step's result with the others of this turn."""
+        return self._steps.add((job_id, name, result))
+
+    def steps_written(self) -> asyncio.Future[None] | None:
+        """The future of the last step's write, if any is in flight."""
+        return self._steps.latest()
+
     async def barrier(self) -> None:
         """Wait for every record made so far on this loop."""
-        latest = self._inserts.latest()
-        if latest is not None:
-            await asyncio.shield(latest)
+        for batches in (self._inserts, self._keyed):
+            latest = batches.latest()
+            if latest is not None:
+                await asyncio.shield(latest)
 
     def completed(self, job_id: str) -> asyncio.Future[None]:
         """Forget a finished job with the others of this turn (tried until it is)."""
         return self._completions.add(job_id)
 
     async def _insert(self, records: list[Record]) -> None:
+        await self._new(records, lambda: self.store.insert(self.owner, records))
+
+    async def _insert_keyed(self, batch: list[Keyed]) -> None:
+        first = {keyed.record.id: keyed.record for keyed in reversed(batch)}
+        kept: dict[str, tuple[str, str]] = {}
+
+        async def insert() -> None:
+            kept.update(await self.store.insert_keyed(self.owner, list(first.values())))
+
+        try:
+            await self._new([keyed.record for keyed in batch], insert)
+        except Exception as exc:
+            for keyed in batch:
+                keyed.found.set_exception(exc)
+                keyed.found.exception()
+            raise
+        for keyed in batch:
+            record = first[keyed.record.id]
+            if keyed.record is not record:  # the same key twice in this turn
+                keyed.found.set_result(kept.get(record.id, (record.name, record.args)))
+            else:
+                keyed.found.set_result(kept.get(record.id))
+
+    async def _new(self, records: list[Record], write: Callable[[], Awaitable[None]]) -> None:
         try:
             await self.open()
             if not self._leased:
                 # Owned by a process with no lease, a record would look abandoned at once.
                 await self.store.heartbeat(self.owner, self.settings.lease)
                 self._leased = True
-            await self.store.insert(self.owner, records)
+            await write()
         except Exception as exc:
             counts["refused"] += len(records)
             logger.error(
@@ -145,6 +216,10 @@ class Journal:
     async def _complete(self, ids: list[str]) -> None:
         await self.retrying(lambda: self.store.complete(ids), "forget finished durable jobs")
         counts["completed"] += len(ids)
+
+    async def _record_steps(self, steps: list[tuple[str, str, str]]) -> None:
+        await self.open()
+        await self.store.record_steps(steps)
 
     async def retrying(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         """A write that must not be lost: tried again until it succeeds. (Cancelled at the
@@ -200,7 +275,8 @@ class Journal:
         if lease is not None:
             lease.cancel()
             await asyncio.wait([lease], timeout=1)
-        pending = [f for f in (self._inserts.latest(), self._completions.latest()) if f]
+        batches = (self._inserts, self._keyed, self._completions, self._steps)
+        pending = [f for f in (batch.latest() for batch in batches) if f]
         if pending:
             await asyncio.wait(pending, timeout=1)
         try:

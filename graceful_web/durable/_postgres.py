@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._records import DeadJob, Failure, Record, StoreUnavailable
+from ._records import DeadJob, Failure, Record, Stored, StoreUnavailable
 from ._records import dead_job as _dead_job
 
 try:
@@ -42,10 +42,56 @@ CREATE TABLE IF NOT EXISTS graceful_owners (
     owner text PRIMARY KEY,
     expires timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS graceful_steps (
+    job_id text NOT NULL,
+    name text NOT NULL,
+    result text NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+"""
+
+#: Columns added since the first release, added to its tables at startup (``MISSING``).
+ADDED_COLUMNS = {"started": "timestamptz", "finished": "timestamptz"}
+
+#: Which of them the table lacks: read first, as an ALTER TABLE would lock the table even
+#: when it changes nothing.
+MISSING = """
+SELECT column_name FROM unnest($1::text[]) AS wanted(column_name)
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_attribute
+    WHERE attrelid = 'graceful_jobs'::regclass AND attname = column_name AND NOT attisdropped
+)
+"""
+
+INSERT = """
+INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner, started)
+SELECT id, name, args, 1, max_attempts, $5, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS r(id, name, args, max_attempts)
+"""
+
+#: The primary key is the unique index that makes one key one record, across replicas.
+INSERT_KEYED = INSERT + " ON CONFLICT (id) DO NOTHING RETURNING id"
+
+EPOCH = "extract(epoch FROM {})::float8"
+
+STATUS = f"""
+SELECT state, owner, attempt, failures, {EPOCH.format("coalesce(started, created)")},
+       {EPOCH.format("run_after")}, {EPOCH.format("finished")}, error
+FROM graceful_jobs WHERE id = $1
+"""
+
+FINISHED = (
+    "state IN ('succeeded', 'cancelled') AND finished < now() - make_interval(secs => $1)"
+)
+
+PURGE = f"""
+WITH gone AS (DELETE FROM graceful_jobs WHERE {FINISHED} RETURNING id),
+     steps AS (DELETE FROM graceful_steps WHERE job_id IN (SELECT id FROM gone))
+SELECT count(*) AS purged FROM gone
 """
 
 CLAIM = """
-UPDATE graceful_jobs j SET owner = $1, attempt = j.attempt + 1
+UPDATE graceful_jobs j SET owner = $1, attempt = j.attempt + 1, started = now()
 FROM (
     SELECT id FROM graceful_jobs
     WHERE state = 'ready' AND owner IS NULL AND run_after <= now() AND name = ANY($2::text[])
@@ -70,11 +116,11 @@ ORDER BY created LIMIT $2
 """
 
 SETTLE = "UPDATE graceful_jobs SET failures = $4, error = $5, state = $6, "
-HELD = " WHERE id = $1 AND owner = $2 AND failures = $3"
+HELD = " WHERE id = $1 AND owner = $2 AND failures = $3 AND state = 'ready'"
 
 FAIL = SETTLE + "run_after = now() + make_interval(secs => $7), owner = NULL" + HELD
 
-TAKE_OVER = SETTLE + "owner = $7, attempt = attempt + $8" + HELD + LEASE_OUT
+TAKE_OVER = SETTLE + "owner = $7, attempt = attempt + $8, started = now()" + HELD + LEASE_OUT
 
 
 class PostgresStore:
@@ -93,6 +139,11 @@ class PostgresStore:
             async with self._pool.acquire() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
                 await connection.execute(SCHEMA)
+                for row in await connection.fetch(MISSING, list(ADDED_COLUMNS)):
+                    column = row["column_name"]
+                    await connection.execute(
+                        f"ALTER TABLE graceful_jobs ADD COLUMN {column} {ADDED_COLUMNS[column]}"
+                    )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StoreUnavailable(f"the PostgreSQL job store could not be reached: {exc}") from exc
 
@@ -110,20 +161,34 @@ class PostgresStore:
             raise StoreUnavailable(f"the PostgreSQL job store could not be written: {exc}") from exc
 
     async def insert(self, owner: str, records: Sequence[Record]) -> None:
-        await self._execute(
-            "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner) "
-            "SELECT id, name, args, 1, max_attempts, $5 FROM "
-            "unnest($1::text[], $2::text[], $3::text[], $4::int[]) "
-            "AS r(id, name, args, max_attempts)",
-            [r.id for r in records],
-            [r.name for r in records],
-            [r.args for r in records],
-            [r.max_attempts for r in records],
-            owner,
-        )
+        await self._execute(INSERT, *_columns(records), owner)
+
+    async def insert_keyed(
+        self, owner: str, records: Sequence[Record]
+    ) -> dict[str, tuple[str, str]]:
+        if self._pool is None:
+            raise StoreUnavailable("the PostgreSQL job store is not open")
+        try:
+            async with self._pool.acquire() as connection:
+                inserted = await connection.fetch(INSERT_KEYED, *_columns(records), owner)
+                # A statement of its own: it sees the rows the insert found in its way.
+                rows = await connection.fetch(
+                    "SELECT id, name, args FROM graceful_jobs WHERE id = ANY($1::text[])",
+                    [record.id for record in records],
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StoreUnavailable(f"the PostgreSQL job store could not be written: {exc}") from exc
+        written = {row["id"] for row in inserted}
+        return {
+            row["id"]: (row["name"], row["args"]) for row in rows if row["id"] not in written
+        }
 
     async def complete(self, ids: Sequence[str]) -> None:
-        await self._execute("DELETE FROM graceful_jobs WHERE id = ANY($1::text[])", list(ids))
+        await self._execute(
+            "UPDATE graceful_jobs SET state = 'succeeded', finished = now(), owner = NULL "
+            "WHERE id = ANY($1::text[]) AND state = 'ready'",
+            list(ids),
+        )
 
     async def hand_over(self, owner: str, ids: Sequence[str]) -> None:
         await self._execute(
@@ -194,6 +259,42 @@ class PostgresStore:
         )
         return len(rows)
 
+    async def steps(self, job_id: str) -> dict[str, str]:
+        rows = await self._execute(
+            "SELECT name, result FROM graceful_steps WHERE job_id = $1", job_id
+        )
+        return {row["name"]: row["result"] for row in rows}
+
+    async def record_steps(self, steps: Sequence[tuple[str, str, str]]) -> None:
+        await self._execute(
+            "INSERT INTO graceful_steps (job_id, name, result) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            *(list(column) for column in zip(*steps, strict=True)),
+        )
+
+    async def status(self, job_id: str) -> Stored | None:
+        rows = await self._execute(STATUS, job_id)
+        return Stored(*rows[0].values()) if rows else None
+
+    async def cancel(self, job_id: str) -> bool:
+        rows = await self._execute(
+            "UPDATE graceful_jobs SET state = 'cancelled', finished = now(), owner = NULL "
+            "WHERE id = $1 AND state = 'ready' RETURNING id",
+            job_id,
+        )
+        return bool(rows)
+
+    async def cancelled(self, ids: Sequence[str]) -> list[str]:
+        rows = await self._execute(
+            "SELECT id FROM graceful_jobs WHERE id = ANY($1::text[]) AND state = 'cancelled'",
+            list(ids),
+        )
+        return [row["id"] for row in rows]
+
+    async def purge(self, retention: float) -> int:
+        rows = await self._execute(PURGE, retention)
+        return int(rows[0]["purged"])
+
     async def waiting_unknown(self, names: Sequence[str]) -> dict[str, int]:
         rows = await self._execute(
             "SELECT name, count(*) AS waiting FROM graceful_jobs WHERE state = 'ready' "
@@ -201,6 +302,15 @@ class PostgresStore:
             list(names),
         )
         return {row["name"]: row["waiting"] for row in rows}
+
+
+def _columns(records: Sequence[Record]) -> tuple[list[Any], ...]:
+    return (
+        [r.id for r in records],
+        [r.name for r in records],
+        [r.args for r in records],
+        [r.max_attempts for r in records],
+    )
 
 
 def _record(row: Any) -> Record:

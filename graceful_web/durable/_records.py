@@ -17,6 +17,19 @@ class StoreCorrupt(RuntimeError):
     """The durable store is not a store graceful_web can use (a damaged or foreign file)."""
 
 
+class KeyConflict(ValueError):
+    """An idempotency key already names a job of another function or with other arguments:
+    nothing was started (answer 409 or 422)."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"the idempotency key {key!r} already names job {job_id} with another function or "
+            f"other arguments: nothing was started; use a new key for new work"
+        )
+        self.key = key
+        self.job_id = job_id
+
+
 @dataclass(frozen=True)
 class Record:
     """One job as its store keeps it: new (its first attempt, no failure yet) or claimed."""
@@ -27,6 +40,21 @@ class Record:
     max_attempts: int
     attempt: int = 1  # counts every run, handed over or not
     failures: int = 0  # counts the runs that raised or whose process ended
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a store keeps of one job, as ``status`` reads it (times in seconds since the
+    epoch)."""
+
+    state: str  # ready | dead | succeeded | cancelled
+    owner: str | None
+    attempt: int
+    failures: int
+    started: float  # when its latest attempt began
+    run_after: float
+    finished: float | None
+    error: str | None
 
 
 @dataclass(frozen=True)

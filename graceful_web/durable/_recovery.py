@@ -1,7 +1,8 @@
 """Recovery: from startup on, and every ``poll_interval`` while serving, a process claims and
 runs the records no live process owns: handed over at a deadline, left by a process whose lease
 ran out (a failure, the policy says), or failed and due for a retry. A job out of attempts is
-kept as dead instead."""
+kept as dead instead. The same poll, draining too, stops the jobs cancelled by their id, and
+now and then purges finished records whose retention is over."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ._functions import functions
 from ._journal import Journal, active, counts, journal_for, journals
 from ._records import DeadJob, Record, StoreCorrupt, StoreUnavailable
 from ._runner import start_claimed
+from ._status import Purges, stop_cancelled
 
 logger = logging.getLogger("graceful_web")
 
@@ -85,12 +87,17 @@ async def shutdown() -> None:
 
 
 async def _claim_while_serving(journal: Journal) -> None:
+    # Until shutdown: the drain ends the claims, not the watch for cancelled jobs.
     drain = current_drain()
-    while not drain.draining:
+    purges = Purges(journal)
+    while True:
         try:
-            await _claim(journal)
+            if not drain.draining:
+                await _claim(journal)
+                await purges.now_and_then()
+            await stop_cancelled(journal)
         except StoreUnavailable as exc:
-            logger.debug("could not look for durable jobs to run: %s", exc)
+            logger.debug("could not look for durable jobs to run or cancel: %s", exc)
         await asyncio.sleep(journal.settings.poll_interval)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .._config import HAND_OVER_TIME
 from . import _policy
@@ -17,6 +18,7 @@ from ._accept import request_records
 from ._functions import JobFunction, JobInfo, Registered, current_job, functions
 from ._journal import Journal, counts, journal_for
 from ._records import Record
+from ._steps import Run, current_run
 
 if TYPE_CHECKING:
     from .._registry import Registry
@@ -26,6 +28,21 @@ logger = logging.getLogger("graceful_web")
 _running_loop = asyncio.events._get_running_loop  # None, not an exception, without a loop
 
 
+class Spawned(NamedTuple):
+    """A durable call just spawned: its task, its record, and (when it has an idempotency
+    key) what the key named already, once written."""
+
+    task: asyncio.Task[None]
+    record: Record
+    written: asyncio.Future[None]
+    found: asyncio.Future[tuple[str, str] | None] | None
+
+
+def key_id(key: str) -> str:
+    """The id of the job an idempotency key names: the same in every process."""
+    return "k" + hashlib.sha256(key.encode()).hexdigest()[:31]
+
+
 def spawn(
     registry: Registry,
     job: Registered,
@@ -33,9 +50,10 @@ def spawn(
     kwargs: dict[str, Any],
     encoded: str,
     name: str | None,
-) -> asyncio.Task[None]:
+    key: str | None = None,
+) -> Spawned:
     """Record a call of ``job`` (written before the response that accepted it leaves) and run
-    it once it is recorded."""
+    it once it is recorded: unless its ``key`` names a job kept already."""
     loop = _running_loop()
     if loop is None:
         raise RuntimeError(
@@ -44,17 +62,23 @@ def spawn(
         )
     journal = journal_for(loop)
     attempts = job.max_attempts or journal.settings.max_attempts
-    record = Record(uuid.uuid4().hex, job.name, encoded, attempts)
-    recorded: list[asyncio.Future[None]] = []  # filled below, before the job first runs
+    job_id = uuid.uuid4().hex if key is None else key_id(key)
+    record = Record(job_id, job.name, encoded, attempts)
+    recorded: list[asyncio.Future[Any]] = []  # filled below, before the job first runs
     # Started first: a drain that has begun refuses it (ShutdownInProgress) unrecorded.
     task = _start(journal, registry, record, job.function, args, kwargs, name, recorded)
-    future = journal.record(record)
-    recorded.append(future)
+    found = None
+    if key is None:
+        future = journal.record(record)
+    else:
+        future, found = journal.record_keyed(record)
+        recorded.append(found)
+    recorded.insert(0, future)
     records = request_records.get()
     if records is not None:
         records.append(future)
     journal.keep_lease()  # (spawned before any adapter's startup, there is none yet)
-    return task
+    return Spawned(task, record, future, found)
 
 
 def start_claimed(journal: Journal, registry: Registry, record: Record) -> None:
@@ -75,7 +99,7 @@ def _start(
     args: Any,
     kwargs: Any,
     name: str | None,
-    recorded: list[asyncio.Future[None]],
+    recorded: list[asyncio.Future[Any]],
 ) -> asyncio.Task[None]:
     run = _run(journal, record, function, args, kwargs, recorded)
     task = registry.spawn(run, name=name or record.name, loop=journal.loop)
@@ -89,28 +113,62 @@ async def _run(
     function: JobFunction,
     args: Any,
     kwargs: Any,
-    recorded: list[asyncio.Future[None]],
+    recorded: list[asyncio.Future[Any]],
 ) -> None:
+    """``recorded``: for a new record, the future of its write, then (with a key) what the key
+    named already; empty for a record claimed from the store."""
     if recorded:
         try:
             await asyncio.shield(recorded[0])
         except Exception:
             return  # not recorded, so not accepted: said once, for the whole batch
+        if len(recorded) > 1 and recorded[1].result() is not None:
+            return  # its key names a job kept already: that one runs, or ran
+    # Known as running here from now on: a cancel by its id finds this task.
+    task = journal.running[record.id] = cast("asyncio.Task[None]", asyncio.current_task())
     current_job.set(JobInfo(record.id, record.name, record.attempt))
+    current_run.set(Run(journal, record.id, record.attempt == 1))
     try:
         await function(*args, **kwargs)
     except asyncio.CancelledError:
+        if record.id in journal.cancelling:
+            counts["cancelled"] += 1
+            raise
         counts["handed_over"] += 1
         await _hand_over(journal, record)
         raise
     except Exception as exc:
         await _failed(journal, record, f"{type(exc).__name__}: {exc}"[:2000])
         raise
+    finally:
+        if journal.running.get(record.id) is task:
+            del journal.running[record.id]
+        journal.cancelling.discard(record.id)
     await asyncio.shield(journal.completed(record.id))
 
 
+def log_conflict(record: Record, found: asyncio.Future[tuple[str, str] | None]) -> None:
+    """Say so when a keyed record was not started because its key names a job of another
+    function or other arguments (for a spawn that has no caller to raise ``KeyConflict`` to)."""
+    if found.cancelled() or found.exception() is not None:
+        return
+    kept = found.result()
+    if kept is not None and kept != (record.name, record.args):
+        logger.error(
+            "durable job %r was not started: its idempotency key names job %s, of %r with "
+            "other arguments",
+            record.name,
+            record.id,
+            kept[0],
+        )
+
+
 async def _hand_over(journal: Journal, record: Record) -> None:
+    steps = journal.steps_written()
     try:
+        if steps is not None:
+            # Its steps written first: a successor then runs none of them again.
+            await asyncio.wait([steps], timeout=HAND_OVER_TIME)
         await asyncio.wait_for(journal.store.hand_over(journal.owner, [record.id]), HAND_OVER_TIME)
     except Exception as exc:
         logger.warning(

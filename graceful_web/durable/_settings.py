@@ -12,6 +12,7 @@ LEASE_ENV = "GRACEFUL_DURABLE_LEASE"
 POLL_ENV = "GRACEFUL_DURABLE_POLL"
 MAX_ATTEMPTS_ENV = "GRACEFUL_DURABLE_MAX_ATTEMPTS"
 RETRY_DELAY_ENV = "GRACEFUL_DURABLE_RETRY_DELAY"
+RETENTION_ENV = "GRACEFUL_DURABLE_RETENTION"
 
 DEFAULT_URL = "sqlite:///graceful-jobs.sqlite3"
 
@@ -31,6 +32,9 @@ class Settings:
     #: The wait before the first retry of a failed job; it doubles with each failure, up to
     #: a minute.
     retry_delay: float = 1.0
+    #: How long a finished job (succeeded or cancelled) stays in the store, for ``status``
+    #: and its idempotency key, before it is purged.
+    retention: float = 86400.0
 
 
 _configured: dict[str, object] = {}
@@ -43,9 +47,11 @@ def configure(
     poll_interval: float | None = None,
     max_attempts: int | None = None,
     retry_delay: float | None = None,
+    retention: float | None = None,
 ) -> None:
     """Set durable jobs' settings in code; what is not passed comes from the environment
-    (``GRACEFUL_DURABLE_URL``, ``_LEASE``, ``_POLL``, ``_MAX_ATTEMPTS``, ``_RETRY_DELAY``).
+    (``GRACEFUL_DURABLE_URL``, ``_LEASE``, ``_POLL``, ``_MAX_ATTEMPTS``, ``_RETRY_DELAY``,
+    ``_RETENTION``).
     Call it before the server starts; a process that already opened its store keeps it."""
     given = {
         "url": url,
@@ -53,6 +59,7 @@ def configure(
         "poll_interval": poll_interval,
         "max_attempts": max_attempts,
         "retry_delay": retry_delay,
+        "retention": retention,
     }
     candidate = {**_configured, **{k: v for k, v in given.items() if v is not None}}
     _check(Settings(**candidate))  # type: ignore[arg-type]
@@ -71,6 +78,7 @@ def current_settings() -> Settings:
         ("poll_interval", POLL_ENV, float),
         ("max_attempts", MAX_ATTEMPTS_ENV, int),
         ("retry_delay", RETRY_DELAY_ENV, float),
+        ("retention", RETENTION_ENV, float),
     ):
         raw = os.environ.get(name, "").strip()
         if raw:
@@ -95,7 +103,7 @@ def _check(settings: Settings) -> Settings:
             f"postgresql://user:password@host:port/database (set {URL_ENV} or "
             f"graceful_web.durable.configure(url=...))"
         )
-    for name in ("lease", "poll_interval", "retry_delay"):
+    for name in ("lease", "poll_interval", "retry_delay", "retention"):
         value = getattr(settings, name)
         if (
             isinstance(value, bool)

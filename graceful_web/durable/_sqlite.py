@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._records import DeadJob, Failure, Record
+from ._records import DeadJob, Failure, Record, Stored
 from ._records import dead_job as _dead_job
 from ._sqlite_file import SQLiteFile, transaction
 
@@ -34,7 +34,26 @@ CREATE TABLE IF NOT EXISTS graceful_owners (
     owner TEXT PRIMARY KEY,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS graceful_steps (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;
 """
+
+#: Columns added since the first release, added to a store made by it (``migrate``).
+ADDED_COLUMNS = ("started REAL", "finished REAL")
+
+INSERT = (
+    "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner, run_after, "
+    "created, started) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)"
+)
+
+FINISHED = "state IN ('succeeded', 'cancelled') AND finished < ?"
+
+#: Parameters in one statement, well below SQLite's limit (999 before 3.32).
+MARKS_AT_MOST = 500
 
 #: The record's owner holds no live lease: it ended, or stopped renewing.
 LEASE_OUT = (
@@ -43,10 +62,20 @@ LEASE_OUT = (
 )
 
 
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier release up to this one's tables (checked again under
+    the write lock: every worker of a host may open the file at once)."""
+    with transaction(connection, "BEGIN IMMEDIATE"):
+        have = {row[1] for row in connection.execute("PRAGMA table_info(graceful_jobs)")}
+        for column in ADDED_COLUMNS:
+            if column.split()[0] not in have:
+                connection.execute(f"ALTER TABLE graceful_jobs ADD COLUMN {column}")
+
+
 class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._file = SQLiteFile(self.path, SCHEMA)
+        self._file = SQLiteFile(self.path, SCHEMA, migrate)
         self._write = self._file.write
         self._read = self._file.read
 
@@ -61,14 +90,35 @@ class SQLiteStore:
 
     async def insert(self, owner: str, records: Sequence[Record]) -> None:
         now = time.time()
-        await self._write(
-            "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner, "
-            "run_after, created) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-            [(r.id, r.name, r.args, r.max_attempts, owner, now, now) for r in records],
-        )
+        await self._write(INSERT, [_row(r, owner, now) for r in records])
+
+    async def insert_keyed(
+        self, owner: str, records: Sequence[Record]
+    ) -> dict[str, tuple[str, str]]:
+        def insert(connection: sqlite3.Connection) -> dict[str, tuple[str, str]]:
+            kept: dict[str, tuple[str, str]] = {}
+            now = time.time()
+            # IMMEDIATE: read and written under the write lock, so one key makes one record.
+            with transaction(connection, "BEGIN IMMEDIATE"):
+                for record in records:
+                    row = connection.execute(
+                        "SELECT name, args FROM graceful_jobs WHERE id = ?", (record.id,)
+                    ).fetchone()
+                    if row is None:
+                        connection.execute(INSERT, _row(record, owner, now))
+                    else:
+                        kept[record.id] = (row[0], row[1])
+            return kept
+
+        return await self._file.call(insert)
 
     async def complete(self, ids: Sequence[str]) -> None:
-        await self._write("DELETE FROM graceful_jobs WHERE id = ?", [(i,) for i in ids])
+        now = time.time()
+        await self._write(
+            "UPDATE graceful_jobs SET state = 'succeeded', finished = ?, owner = NULL "
+            "WHERE id = ? AND state = 'ready'",
+            [(now, i) for i in ids],
+        )
 
     async def hand_over(self, owner: str, ids: Sequence[str]) -> None:
         now = time.time()
@@ -85,9 +135,9 @@ class SQLiteStore:
         self, owner: str, lost_owner: str, record: Record, failure: Failure
     ) -> bool:
         taker, next_attempt = (None, 0) if failure.dead else (owner, 1)
-        taken = "owner = ?, attempt = attempt + ?"
+        taken = "owner = ?, attempt = attempt + ?, started = ?"
         return await self._settle(
-            lost_owner, record, failure, taken, taker, next_attempt, lost=True
+            lost_owner, record, failure, taken, taker, next_attempt, time.time(), lost=True
         )
 
     async def _settle(
@@ -105,7 +155,8 @@ class SQLiteStore:
         held = (record.id, holder, record.failures, *((time.time(),) if lost else ()))
         changed = await self._write(
             f"UPDATE graceful_jobs SET failures = ?, error = ?, state = ?, {then} "
-            f"WHERE id = ? AND owner = ? AND failures = ?{LEASE_OUT if lost else ''}",
+            f"WHERE id = ? AND owner = ? AND failures = ? AND state = 'ready'"
+            f"{LEASE_OUT if lost else ''}",
             [(*decided, *then_params, *held)],
         )
         return changed == 1
@@ -145,6 +196,7 @@ class SQLiteStore:
             return []
 
         def claim(connection: sqlite3.Connection) -> list[Record]:
+            now = time.time()
             # IMMEDIATE: the write lock is taken before reading, so two processes never
             # claim the same record.
             with transaction(connection, "BEGIN IMMEDIATE"):
@@ -153,12 +205,12 @@ class SQLiteStore:
                     f"FROM graceful_jobs WHERE state = 'ready' AND run_after <= ? "
                     f"AND name IN ({_marks(names)}) AND owner IS NULL "
                     f"ORDER BY created LIMIT ?",
-                    (time.time(), *names, limit),
+                    (now, *names, limit),
                 ).fetchall()
                 claimed = [Record(*row) for row in rows]
                 connection.executemany(
-                    "UPDATE graceful_jobs SET owner = ?, attempt = ? WHERE id = ?",
-                    [(owner, record.attempt, record.id) for record in claimed],
+                    "UPDATE graceful_jobs SET owner = ?, attempt = ?, started = ? WHERE id = ?",
+                    [(owner, record.attempt, now, record.id) for record in claimed],
                 )
             return claimed
 
@@ -179,6 +231,60 @@ class SQLiteStore:
             [(now, job_id) for job_id in ids],
         )
 
+    async def steps(self, job_id: str) -> dict[str, str]:
+        rows = await self._read(
+            "SELECT name, result FROM graceful_steps WHERE job_id = ?", (job_id,)
+        )
+        return dict(rows)
+
+    async def record_steps(self, steps: Sequence[tuple[str, str, str]]) -> None:
+        await self._write(
+            "INSERT OR IGNORE INTO graceful_steps (job_id, name, result) VALUES (?, ?, ?)", steps
+        )
+
+    async def status(self, job_id: str) -> Stored | None:
+        rows = await self._read(
+            "SELECT state, owner, attempt, failures, coalesce(started, created), run_after, "
+            "finished, error FROM graceful_jobs WHERE id = ?",
+            (job_id,),
+        )
+        return Stored(*rows[0]) if rows else None
+
+    async def cancel(self, job_id: str) -> bool:
+        changed = await self._write(
+            "UPDATE graceful_jobs SET state = 'cancelled', finished = ?, owner = NULL "
+            "WHERE id = ? AND state = 'ready'",
+            [(time.time(), job_id)],
+        )
+        return changed == 1
+
+    async def cancelled(self, ids: Sequence[str]) -> list[str]:
+        found = []
+        for start in range(0, len(ids), MARKS_AT_MOST):
+            chunk = ids[start : start + MARKS_AT_MOST]
+            rows = await self._read(
+                f"SELECT id FROM graceful_jobs WHERE id IN ({_marks(chunk)}) "
+                f"AND state = 'cancelled'",
+                chunk,
+            )
+            found += [row[0] for row in rows]
+        return found
+
+    async def purge(self, retention: float) -> int:
+        def purge(connection: sqlite3.Connection) -> int:
+            before = (time.time() - retention,)
+            with transaction(connection):
+                connection.execute(
+                    f"DELETE FROM graceful_steps WHERE job_id IN "
+                    f"(SELECT id FROM graceful_jobs WHERE {FINISHED})",
+                    before,
+                )
+                return connection.execute(
+                    f"DELETE FROM graceful_jobs WHERE {FINISHED}", before
+                ).rowcount
+
+        return await self._file.call(purge)
+
     async def waiting_unknown(self, names: Sequence[str]) -> dict[str, int]:
         rows = await self._read(
             f"SELECT name, count(*) FROM graceful_jobs WHERE state = 'ready' "
@@ -186,6 +292,10 @@ class SQLiteStore:
             names,
         )
         return dict(rows)
+
+
+def _row(record: Record, owner: str, now: float) -> tuple[object, ...]:
+    return (record.id, record.name, record.args, record.max_attempts, owner, now, now, now)
 
 
 def _marks(names: Sequence[str]) -> str:

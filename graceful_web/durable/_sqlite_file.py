@@ -24,9 +24,12 @@ CORRUPT = ("not a database", "malformed", "file is encrypted")
 
 
 class SQLiteFile:
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(
+        self, path: Path, schema: str, migrate: Callable[[sqlite3.Connection], None]
+    ) -> None:
         self.path = path
         self._schema = schema
+        self._migrate = migrate
         self._connection: sqlite3.Connection | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "graceful-durable-sqlite")
 
@@ -84,6 +87,7 @@ class SQLiteFile:
         # Every commit reaches the disk before the client hears "accepted".
         connection.execute("PRAGMA synchronous = FULL")
         connection.executescript(self._schema)
+        self._migrate(connection)
         return connection
 
 

@@ -6,8 +6,10 @@ The inner Starlette app's lifespan sets ``state["db"]`` and records "inner-start
 "inner-shutdown" in JOBS_FILE.events, so tests can see the inner lifespan still runs.
 ``python -m tests.apps.asgi_app`` serves it with ``uvicorn.run``; LOOP and HTTP there choose
 uvicorn's loop and HTTP parser (auto by default).
+HANDLE_SIGNALS=0 leaves the signals to the server (``handle_signals=False``).
 RECORD_REQUESTS=1 records "start:<X-Request-Id>" in JOBS_FILE.events as each request starts;
 STARTUP_DELAY_MS=N makes the inner lifespan startup log "startup hook running" and sleep N ms.
+WITHOUT_GRACEFUL=1 serves the inner app as it is, for the bare server's figures.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ def build() -> Any:
     options: dict[str, Any] = {
         "on_abandoned": on_abandoned,
         "signals": signals.split(",") if signals else None,
+        "handle_signals": os.environ.get("HANDLE_SIGNALS") != "0",
     }
     if kind == "bare":
         return GracefulLifespan(bare_app, **options)
@@ -236,6 +239,8 @@ def build() -> Any:
     )
     if os.environ.get("RECORD_REQUESTS") == "1":
         return GracefulLifespan(recording_requests(inner), **options)
+    if os.environ.get("WITHOUT_GRACEFUL") == "1":
+        return inner  # the bare server, side by side
     return GracefulLifespan(inner, **options)
 
 

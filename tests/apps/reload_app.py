@@ -4,6 +4,8 @@ GET /fast          a 5 ms handler, answers ``ok``
 POST /orders?id=X  202 at once; a 1.5 s background job then appends ``done X <pid>`` to
                    JOBS_FILE (503 once the drain refuses new jobs)
 GET /readyz        graceful_web's readiness route (with GRACEFUL=0, a plain 200)
+GET /ws            an echo websocket, written as each framework's docs write one; its first
+                   message is the worker's pid
 
 Every answer names the worker that gave it in ``X-Worker-Pid``, so a test knows which
 generation of workers served what. GRACEFUL=0 serves the same routes without graceful_web:
@@ -68,7 +70,8 @@ def asgi_app() -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     from graceful_web.asgi import GracefulLifespan
 
@@ -84,7 +87,20 @@ def asgi_app() -> Any:
     async def ready(request: Request) -> Response:
         return PlainTextResponse("ready", headers=_pid_header())
 
-    routes = [Route("/fast", fast), Route("/orders", orders, methods=["POST"])]
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(str(os.getpid()))
+        try:
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    routes = [
+        Route("/fast", fast),
+        Route("/orders", orders, methods=["POST"]),
+        WebSocketRoute("/ws", echo),
+    ]
     if not graceful_enabled():
         return Starlette(routes=[*routes, Route("/readyz", ready)])
     # The deadline comes from GRACEFUL_DRAIN_TIMEOUT; /readyz is the library's.
@@ -108,8 +124,18 @@ def aiohttp_app() -> Any:
     async def ready(request: web.Request) -> web.Response:
         return web.Response(text="ready", headers=_pid_header())
 
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(str(os.getpid()))
+        async for message in ws:
+            if message.type == web.WSMsgType.TEXT:
+                await ws.send_str(message.data)
+        return ws
+
     app = web.Application()
     app.router.add_get("/fast", fast)
+    app.router.add_get("/ws", echo)
     app.router.add_post("/orders", orders)
     if graceful_enabled():
         graceful_web.aiohttp.setup(app)

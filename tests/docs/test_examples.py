@@ -64,7 +64,8 @@ LOG_SHAPES = [
         r"draining: \d+ requests and \d+ jobs left, oldest (request|job) '[^']+' \([\d.]+ s\), "
         r"[\d.]+ s to the deadline",
         r"drain finished in \d+ ms: drained \d+ requests and \d+ jobs \(\d+ failed\), "
-        r"refused \d+ jobs, (handed over \d+, )?abandoned \d+",
+        r"refused \d+ jobs, (handed over \d+, )?(undelivered \d+, )?abandoned \d+",
+        r"undelivered request '[^']+' after [\d.]+ s: its connection closed under the response",
         r"handed over job '[^']+' after [\d.]+ s: its record stays for the next process",
         r"\d+ durable jobs wait in the store for a function this process does not have, '[^']+': "
         r"register it \(@durable.job\(name='[^']+'\)\) where it now lives, or they wait for a "
@@ -75,13 +76,15 @@ LOG_SHAPES = [
         r"this process listens on .+ with SO_REUSEPORT while net\.ipv4\.tcp_migrate_req is 0: "
         r".+",
         r"this hypercorn worker replaces one stopped by a reload: .+",
+        r"the server sent no lifespan: graceful_web started with the first request, and holds "
+        r"the server's stop until the drain is over",
     )
 ]
 LOGGED = re.compile(r"graceful_web: (?P<message>.*)$")
 DIAGRAMS = ("sequenceDiagram", "flowchart", "graph", "stateDiagram", "classDiagram")
 KNOWN_COMMANDS = {
     "pip", "make", "python", "python3", ".venv/bin/python", "docker", "curl", "cat",
-    "uvicorn", "hypercorn", "granian", "gunicorn",
+    "uvicorn", "hypercorn", "granian", "gunicorn", "daphne",
     "echo", "sleep", "kill", "wait", "cd", "ls", "export", "tail", "head", "grep", "seq", "true",
 }  # fmt: skip
 #: A line of a loop or a condition is not a command of its own: its body is checked.

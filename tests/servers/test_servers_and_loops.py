@@ -188,21 +188,4 @@ def test_unknown_loop_warns_once_and_leaves_the_servers_stop_alone(
     assert refused < slow.finished_at - server.signalled_at
 
 
-# -- a server that never sends lifespan ------------------------------------------------------
-
-
-def test_server_without_lifespan_says_once_that_nothing_will_be_drained(
-    start_server: StartServer,
-) -> None:
-    argv = [*ASGI_ROWS[("uvicorn", "asyncio")], "--lifespan", "off"]
-    server = start_server(argv, env={"GRACEFUL_DRAIN_TIMEOUT": "8"})
-    for job in ("j1", "j2"):
-        assert httpx.post(f"{server.url}/jobs-recorded?ms=3000&id={job}").status_code == 202
-    warning = "the server sent no lifespan startup before this request"
-    wait_until(lambda: warning in server.log(), 5, "the warning")
-    server.send(signal.SIGTERM)
-    server.wait_exit(timeout=20)
-    log = server.log()
-    assert log.count(warning) == 1, log
-    assert "uvicorn --lifespan on" in log
-    assert "drain started" not in log  # nothing pretended to drain
+# A server that never sends lifespan: tests/servers/test_without_lifespan.py.

@@ -13,7 +13,7 @@ from graceful_web.aiohttp import graceful_middleware, setup
 
 
 def test_setup_refuses_what_is_not_an_application() -> None:
-    with pytest.raises(TypeError, match="setup\\(\\) takes an aiohttp web.Application"):
+    with pytest.raises(TypeError, match=r"setup\(\) takes an aiohttp web\.Application"):
         setup(object())  # type: ignore[arg-type]
 
 
@@ -48,7 +48,7 @@ def test_a_route_of_the_app_at_the_readiness_path_is_refused_at_setup() -> None:
 
     app = web.Application()
     app.router.add_get("/readyz", mine)
-    with pytest.raises(ValueError, match="already has a route at '/readyz'.*readiness_path=None"):
+    with pytest.raises(ValueError, match=r"already has a route at '/readyz'.*readiness_path=None"):
         setup(app, handle_signals=False)
 
 

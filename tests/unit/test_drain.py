@@ -216,6 +216,33 @@ async def test_drain_waits_for_a_job_and_reports_it() -> None:
     assert (report.drained_jobs, report.abandoned, report.exit_code) == (1, (), 0)
 
 
+async def test_a_request_whose_response_cannot_be_delivered_is_named_not_drained() -> None:
+    drain = current_drain()
+    drain.configure(Config.build(drain_timeout=5))
+    gone = asyncio.Event()
+
+    async def handler(path: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        drain.enter_request(task, lambda path: f"GET {path}", path)
+        try:
+            await gone.wait()
+            if path == "/cut":
+                drain.undeliverable(task)  # as the server's send says its connection is gone
+                drain.undeliverable(task)  # every later message says it again: named once
+        finally:
+            drain.exit_request(task)
+
+    requests = [asyncio.create_task(handler(path)) for path in ("/kept", "/cut")]
+    await asyncio.sleep(0)
+    drain.begin("test")
+    gone.set()
+    report = await drain.wait()
+    await asyncio.gather(*requests)
+    assert [(work.kind, work.name) for work in report.undelivered] == [("request", "GET /cut")]
+    assert (report.drained_requests, report.abandoned, report.exit_code) == (1, (), 0)
+
+
 async def test_deadline_cancels_and_reports_by_name() -> None:
     drain = current_drain()
     drain.configure(Config.build(drain_timeout=0.1))

@@ -9,6 +9,7 @@ bare server does (tests/servers/test_servers_and_loops.py shows the fallback); i
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing
 import multiprocessing.process
 import os
@@ -264,6 +265,78 @@ def test_hypercorn_asyncio_workers_keep_their_listeners_in_worker_serve() -> Non
     )
 
 
+def test_hypercorn_h2_connections_take_a_goaway_naming_their_last_stream() -> None:
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.config import Config
+
+    from tests.support.h2client import REFUSED_STREAM, GoAway, H2Client
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> tuple[list[Any], bool, H2Client]:
+        client: H2Client | None = None
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            worker_serve(ASGIWrapper(app), config, shutdown_trigger=stop.wait)
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            listeners = await _eventually(lambda: _quirks.hypercorn_listeners(loop))
+            client = H2Client(listeners[0].sockets[0].getsockname()[1])
+            first = client.get("/")
+            await _eventually(lambda: client.streams[first].ended)
+            found: list[Any] = await _eventually(lambda: _quirks.hypercorn_h2_protocols(loop))
+            told = bool(found) and _quirks.hypercorn_h2_go_away(found[0])
+            await _eventually(lambda: client.goaways)
+            late = client.get("/")
+            await _eventually(lambda: client.streams[late].reset is not None)
+        finally:
+            if client is not None:
+                client.close()  # first: hypercorn waits for its connections as it stops
+            stop.set()
+            await asyncio.wait_for(serving, 10)
+        return found, told, client
+
+    found, told, client = asyncio.run(scenario())
+    shape = _canary("hypercorn", "hypercorn.protocol.h2.H2Protocol (send_task, connection)")
+    assert len(found) == 1 and told, shape
+    tcp_server = found[0].send.__self__  # its close no longer fails on TLS data after it
+    assert tcp_server._close.__name__ == "close_despite_late_tls_data", shape
+    assert client.goaways[0] == GoAway(last_stream_id=1, error_code=0), shape
+    assert client.streams[3].reset == REFUSED_STREAM and client.streams[3].status is None, shape
+
+
+def test_hypercorn_streams_say_when_their_connection_is_gone() -> None:
+    from hypercorn.config import Config
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    stream = HTTPStream(None, Config(), None, None, False, None, None, None, 1)  # type: ignore[arg-type]
+    shape = _canary("hypercorn", "hypercorn.protocol.http_stream.HTTPStream.closed")
+    assert _quirks.connection_gone(stream.app_send) is False, shape
+    stream.closed = True  # as its StreamClosed event sets it
+    assert _quirks.connection_gone(stream.app_send) is True, shape
+
+
+@pytest.mark.parametrize("implementation", ["httptools_impl", "h11_impl"])
+def test_uvicorn_request_cycles_say_when_their_connection_is_gone(implementation: str) -> None:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"uvicorn.protocols.http.{implementation}")
+    cycle = module.RequestResponseCycle
+    shape = _canary("uvicorn", f"uvicorn.protocols.http.{implementation}.RequestResponseCycle")
+    assert "self.disconnected = False" in inspect.getsource(cycle.__init__), shape
+    gone = object.__new__(cycle)
+    gone.disconnected = True
+    assert _quirks.connection_gone(gone.send) is True, shape
+
+
 # -- aiohttp ---------------------------------------------------------------------------------
 
 
@@ -353,3 +426,37 @@ def test_the_census_finds_requests_in_suspended_tasks_and_in_the_asking_one() ->
         assert sorted(str(source) for _, _, source in found) == names  # the local named
 
     asyncio.run(main())
+
+
+# -- daphne ----------------------------------------------------------------------------------
+
+
+def test_daphne_closes_websockets_through_autobahn_which_refuses_1001_and_1012(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    what = "WebSocketProtocol.serverClose(code) and sendCloseFrame(code, reasonUtf8, isReply)"
+    assert "code" in inspect.signature(WebSocketProtocol.serverClose).parameters, _canary(
+        "daphne", what
+    )
+    frame = inspect.signature(WebSocketProtocol.sendCloseFrame).parameters
+    assert {"code", "reasonUtf8", "isReply"} <= set(frame), _canary("autobahn", what)
+    # Still needed: autobahn refuses the codes a server closes with (daphne#374).
+    with pytest.raises(Exception, match="invalid close code 1012"):
+        WebSocketProtocol.sendClose(object(), code=1012)
+
+    monkeypatch.setattr(WebSocketProtocol, "serverClose", WebSocketProtocol.serverClose)
+    assert _quirks.daphne_sends_server_close_codes()
+    sent: list[int | None] = []
+
+    class Connection:
+        def sendCloseFrame(self, code: int | None = None) -> None:
+            sent.append(code)
+
+        def sendClose(self, code: int | None = None) -> None:
+            sent.append(-1 if code is None else -code)
+
+    for code in (1012, 1001, 1000, 4000):
+        WebSocketProtocol.serverClose(Connection(), code)  # type: ignore[arg-type]
+    assert sent == [1012, 1001, -1000, -4000]

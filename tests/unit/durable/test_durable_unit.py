@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 import graceful_web
 from graceful_web import ShutdownInProgress, durable
 from graceful_web._current import current_drain
-from graceful_web.durable import _functions, _settings
+from graceful_web.durable import _settings
 
 ran: list[tuple[str, int]] = []
 
@@ -30,24 +29,9 @@ async def shout(text: str) -> str:
     return text.upper()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def jobs_of_this_module_only() -> Iterator[None]:
-    """The jobs above are registered for these tests alone: left registered, they would make
-    every later in-process startup open a store."""
-    mine = {name: job for name, job in _functions.functions.items() if name.startswith("unit.")}
-    _functions.functions.update(mine)
-    yield
-    for name in mine:
-        _functions.functions.pop(name, None)
-
-
 @pytest.fixture(autouse=True)
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "jobs.sqlite3"
-    monkeypatch.setenv("GRACEFUL_DURABLE_URL", f"sqlite:///{path}")
+def nothing_ran_yet() -> None:
     ran.clear()
-    yield path
-    _settings._configured.clear()
 
 
 def rows(path: Path) -> list[tuple[str, str, str]]:
@@ -55,17 +39,17 @@ def rows(path: Path) -> list[tuple[str, str, str]]:
         return connection.execute("SELECT name, args, state FROM graceful_jobs").fetchall()
 
 
-async def test_a_spawned_job_is_recorded_then_forgotten_once_done(store: Path) -> None:
+async def test_a_spawned_job_is_recorded_then_marked_succeeded_once_done(store: Path) -> None:
     task = graceful_web.spawn(note("a", times=2))
     await durable.recorded()
     assert rows(store) == [("unit.note", '{"args":["a"],"kwargs":{"times":2}}', "ready")]
     await task
-    await asyncio.sleep(0.05)  # the completion's write follows the job's end
-    for _ in range(100):
-        if not rows(store):
+    succeeded = [("unit.note", '{"args":["a"],"kwargs":{"times":2}}', "succeeded")]
+    for _ in range(100):  # the completion's write follows the job's end
+        if rows(store) == succeeded:
             break
         await asyncio.sleep(0.02)
-    assert rows(store) == []
+    assert rows(store) == succeeded
     assert ran == [("a", 1)]
     await durable.shutdown()
 

@@ -5,6 +5,7 @@ way on SQLite and on a real PostgreSQL. Two stores on one database stand for two
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -159,9 +160,7 @@ async def test_a_failure_is_written_only_by_the_owner_it_was_decided_for(
     assert not await a.fail(A, record, failure)  # written once: it is no longer a's
 
 
-async def lease_runs_out(
-    opened: Callable[[], Awaitable[Store]], b: Store, record: Record
-) -> Store:
+async def lease_runs_out(opened: Callable[[], Awaitable[Store]], b: Store, record: Record) -> Store:
     """``record`` is recorded by a process whose lease then runs out; that process's store."""
     a = await opened()
     await a.heartbeat(A, 0.2)
@@ -254,3 +253,180 @@ async def test_two_claiming_at_once_never_take_the_same_job(
         )
     ids = [record.id for batch in taken for record in batch]
     assert sorted(ids) == sorted(record.id for record in records)
+
+
+async def test_a_keyed_record_is_written_once_and_found_after(a: Store, b: Store) -> None:
+    record = new(n=1)
+    assert await a.insert_keyed(A, [record]) == {}
+    again = Record(record.id, JOB, '{"args":[2],"kwargs":{}}', 3)
+    assert await b.insert_keyed(B, [again, new(n=3)]) == {record.id: (JOB, record.args)}
+    await a.hand_over(A, [record.id])
+    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(record)]  # the first, unchanged
+
+
+async def test_many_writing_one_key_at_once_make_one_record(
+    opened: Callable[[], Awaitable[Store]],
+) -> None:
+    stores = [await opened() for _ in range(4)]
+    for n, store in enumerate(stores):
+        await store.heartbeat(f"host:{n}:k", 30)
+    job_id = uuid.uuid4().hex
+    answers = await asyncio.gather(
+        *(
+            store.insert_keyed(f"host:{n % 4}:k", [Record(job_id, JOB, f'{{"n":{n}}}', 3)])
+            for n, store in enumerate(stores * 5)
+        )
+    )
+    assert sum(answer == {} for answer in answers) == 1
+    [first] = [n for n, answer in enumerate(answers) if answer == {}]
+    assert all(
+        answer == {job_id: (JOB, f'{{"n":{first}}}')}
+        for n, answer in enumerate(answers)
+        if n != first
+    )
+
+
+async def test_a_completed_job_is_kept_succeeded_and_never_claimed(a: Store, b: Store) -> None:
+    done, kept = new(), new()
+    await a.insert(A, [done, kept])
+    await a.complete([done.id])
+    stored = await b.status(done.id)
+    assert stored is not None and (stored.state, stored.owner) == ("succeeded", None)
+    assert stored.finished is not None and abs(stored.finished - time.time()) < 5
+    await a.hand_over(A, [done.id, kept.id])
+    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(kept)]
+
+
+async def test_status_follows_a_job_from_running_through_a_failure(a: Store, b: Store) -> None:
+    record = new()
+    assert await a.status(record.id) is None
+    await a.insert(A, [record])
+    running = await b.status(record.id)
+    assert running is not None
+    assert (running.state, running.owner, running.attempt, running.failures) == ("ready", A, 1, 0)
+    assert abs(running.started - time.time()) < 5
+    assert await a.fail(A, record, _policy.raised(record, "ValueError: x", first_delay=30))
+    failed = await b.status(record.id)
+    assert failed is not None
+    assert (failed.state, failed.owner, failed.failures, failed.error) == (
+        "ready",
+        None,
+        1,
+        "ValueError: x",
+    )
+    assert 20 < failed.run_after - time.time() < 40
+
+
+async def test_a_step_keeps_its_first_result(a: Store, b: Store) -> None:
+    record, other = new(), new()
+    await a.insert(A, [record, other])
+    assert await b.steps(record.id) == {}
+    await a.record_steps([(record.id, "fetch", "[1,2]"), (other.id, "fetch", "3")])
+    await b.record_steps([(record.id, "fetch", "[9]"), (record.id, "send", '"ok"')])
+    assert await b.steps(record.id) == {"fetch": "[1,2]", "send": '"ok"'}
+    assert await a.steps(other.id) == {"fetch": "3"}
+
+
+async def test_a_cancelled_job_is_never_claimed_nor_settled(a: Store, b: Store) -> None:
+    queued, running = new(n=1), new(n=2)
+    await a.insert(A, [queued, running])
+    await a.hand_over(A, [queued.id])
+    assert await b.cancel(queued.id)
+    assert await b.cancel(running.id)
+    assert not await b.cancel(running.id)  # once
+    assert not await b.cancel("no-such-job")
+    assert sorted(await a.cancelled([queued.id, running.id, "no-such-job"])) == sorted(
+        [queued.id, running.id]
+    )
+    assert await b.claim(B, NAMES, LIMIT) == []
+    assert not await a.fail(A, running, _policy.raised(running, "ValueError: x", 0.01))
+    await a.complete([running.id])
+    await a.hand_over(A, [running.id])
+    for job_id in (queued.id, running.id):
+        stored = await b.status(job_id)
+        assert stored is not None and (stored.state, stored.owner) == ("cancelled", None)
+        assert stored.finished
+
+
+async def test_a_lost_job_cancelled_meanwhile_is_not_taken_over(
+    opened: Callable[[], Awaitable[Store]], b: Store
+) -> None:
+    record = new()
+    await lease_runs_out(opened, b, record)
+    assert await b.cancel(record.id)
+    assert not await b.take_over(B, A, record, _policy.lost(record))
+
+
+async def test_a_finished_job_is_purged_after_its_retention_with_its_steps(
+    a: Store, b: Store
+) -> None:
+    done, cancelled, dead, running = new(n=1), new(n=2), new(n=3, max_attempts=1), new(n=4)
+    await a.insert(A, [done, cancelled, dead, running])
+    await a.record_steps([(done.id, "s", "1"), (running.id, "s", "2")])
+    await a.complete([done.id])
+    await a.cancel(cancelled.id)
+    assert await a.fail(A, dead, _policy.raised(dead, "ValueError: x", 0.01))
+    assert await b.purge(3600) == 0
+    await asyncio.sleep(0.05)
+    assert await b.purge(0.01) == 2
+    assert await a.status(done.id) is None and await a.status(cancelled.id) is None
+    assert await a.steps(done.id) == {}
+    assert await a.steps(running.id) == {"s": "2"}
+    assert [job.id for job in await a.dead_jobs()] == [dead.id]
+
+
+async def make_first_release_store(url: str, record: Record) -> None:
+    """The tables the first release made (before steps, status and retention), one job in."""
+    if url.startswith("sqlite:///"):
+        from graceful_web.durable import _sqlite
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            first = _sqlite.SCHEMA.split("CREATE TABLE IF NOT EXISTS graceful_steps")[0]
+            connection.executescript(first)
+            connection.execute(
+                "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts, owner, "
+                "run_after, created) VALUES (?, ?, ?, 1, 3, NULL, ?, ?)",
+                (record.id, record.name, record.args, time.time(), time.time()),
+            )
+        return
+    import asyncpg  # type: ignore[import-untyped]
+
+    from graceful_web.durable import _postgres
+
+    connection = await asyncpg.connect(url)
+    try:
+        first = _postgres.SCHEMA.split("CREATE TABLE IF NOT EXISTS graceful_steps")[0]
+        await connection.execute(first)
+        await connection.execute(
+            "INSERT INTO graceful_jobs (id, name, args, attempt, max_attempts) "
+            "VALUES ($1, $2, $3, 1, 3)",
+            record.id,
+            record.name,
+            record.args,
+        )
+    finally:
+        await connection.close()
+
+
+async def test_a_store_made_by_the_first_release_is_brought_up_to_date(
+    store_url: str, opened: Callable[[], Awaitable[Store]]
+) -> None:
+    record = new()
+    await make_first_release_store(store_url, record)
+    a, b = await asyncio.gather(opened(), opened())  # two processes starting at once
+    await b.heartbeat(B, 30)
+    assert await b.claim(B, NAMES, LIMIT) == [next_attempt(record)]
+    await b.record_steps([(record.id, "s", "1")])
+    await b.complete([record.id])
+    stored = await a.status(record.id)
+    assert stored is not None and stored.state == "succeeded" and stored.attempt == 2
+    assert await a.steps(record.id) == {"s": "1"}
+
+
+async def test_cancelled_ones_are_found_among_many_running(a: Store) -> None:
+    records = [new(n=n) for n in range(1200)]
+    await a.insert(A, records)
+    for record in records[::400]:
+        assert await a.cancel(record.id)
+    found = await a.cancelled([record.id for record in records])
+    assert sorted(found) == sorted(record.id for record in records[::400])
