@@ -107,14 +107,7 @@ def test_a_feed_that_keeps_writing_to_its_ended_stream(server: Server) -> None:
     assert server.proc.returncode == 0
 
 
-def test_a_client_that_never_reads_its_download(
-    server: Server, request: pytest.FixtureRequest
-) -> None:
-    if "uvicorn" in request.node.name:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "uvicorn logs 'Exception in ASGI application' with the CancelledError's traceback "
-            "(from Starlette's listen_for_disconnect) when the deadline cuts the download, "
-            "after graceful_web's one 'abandoned request' line")))  # fmt: skip
+def test_a_client_that_never_reads_its_download(server: Server) -> None:
     with closing(socket.socket()) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))

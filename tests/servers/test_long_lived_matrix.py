@@ -71,9 +71,8 @@ ROWS: dict[tuple[str, str], tuple[list[str] | str, dict[str, str]]] = {
     ("aiohttp run_app", "uvloop"): (AIOHTTP, {"LOOP": "uvloop"}),
     ("gunicorn GunicornWebWorker", "asyncio"): (
         _gunicorn("aiohttp.GunicornWebWorker", f"{AIOHTTP}:build()"), {}),
-    # daphne's row goes here once GracefulLifespan drains under it (issue 26, point 4):
-    # ("daphne", "asyncio"): ([PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", ASGI], {}),
-    # and in KNOWN below what it measures apart from the spec, if anything.
+    ("daphne", "asyncio"): ([PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
+                             "--application-close-timeout", "{timeout}", ASGI], {}),
 }  # fmt: skip
 BARE_ROWS = [row for row in ROWS if row[1] == "asyncio"]
 
