@@ -79,14 +79,9 @@ BARE_ROWS = [row for row in ROWS if row[1] == "asyncio"]
 # Where a server's outcome differs from the spec, measured: (server, loop) → reason.
 KNOWN: dict[tuple[str, str], pytest.MarkDecorator] = {
     ("granian", "uvloop"): pytest.mark.xfail(strict=False, reason=(
-        "granian on uvloop: its Rust side races graceful_web's close at the signal: in 5 runs "
-        "of 7, 1 to 20 of the 20 websockets ended in 1006 (the rest 1012), all within 0.02 s "
+        "granian on uvloop: its Rust side races graceful_web's close at the signal: in 8 runs "
+        "of 13, 1 to 20 of the 20 websockets ended in 1006 (the rest 1012), all within 0.02 s "
         "of the signal; feeds, finishing streams, long polls, jobs and exit as specified")),
-    ("hypercorn -w 0", "trio"): pytest.mark.xfail(strict=True, reason=(
-        "under trio the feeds are cut at the grace (the client reads an incomplete chunked "
-        "body at 1.0 s) and their 20 handlers stay in flight to the deadline: abandoned, "
-        "exit 75 at 10.3 s (websockets 1012, finishing streams, long polls and jobs as "
-        "specified)")),
 }  # fmt: skip
 
 
