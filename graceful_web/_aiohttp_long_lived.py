@@ -76,6 +76,14 @@ async def _close_websocket(
     # (bounded with every other close by the drain, _long_lived).
     try:
         await websocket.close(code=code, message=b"service restart")
+    except asyncio.CancelledError:
+        logger.warning(
+            "websocket %s: the client did not answer the close (%d) within %.1f s",
+            _census.name(call),
+            code,
+            CLOSE_HANDSHAKE_TIME,
+        )
+        raise
     finally:
         if websocket.closed:
             long_lived.ended("websocket")

@@ -49,6 +49,15 @@ async def serve_websocket(
         try:
             async with send_lock:
                 await send({"type": "websocket.close", "code": code, "reason": "service restart"})
+        except anyio.get_cancelled_exc_class():
+            # Some servers' send waits for the client's answer to the close (uvicorn's).
+            logger.warning(
+                "websocket %s: the client did not answer the close (%d) within %.1f s",
+                path,
+                code,
+                CLOSE_HANDSHAKE_TIME,
+            )
+            raise
         except Exception:
             return app_returns()  # the connection is gone already: nothing was closed
         drain.long_lived.ended("websocket")
