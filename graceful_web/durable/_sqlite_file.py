@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,12 +84,28 @@ class SQLiteFile:
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
         )
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        _write_ahead_log(connection)
         # Every commit reaches the disk before the client hears "accepted".
         connection.execute("PRAGMA synchronous = FULL")
         connection.executescript(self._schema)
         self._migrate(connection)
         return connection
+
+
+def _write_ahead_log(connection: sqlite3.Connection) -> None:
+    """Turn WAL on. Switching a file made in rollback mode needs it to itself for a moment, and
+    SQLite answers "locked" at once rather than through the busy timeout when another process
+    holds it (two processes starting at once on a store of an earlier release): try again,
+    within the busy timeout."""
+    give_up_at = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > give_up_at:
+                raise
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager
