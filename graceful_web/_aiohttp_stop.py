@@ -28,6 +28,7 @@ class AiohttpServer:
     # The drain runs in aiohttp's on_shutdown, once the server has stopped: a signal during
     # a drain the app's own cleanup started forces.
     stopped_when_draining = True
+    closes_long_lived_itself = False  # its runner's stop waits for the drain (on_shutdown)
     stop_again_when_forced = False
 
     def __init__(self, app: web.Application, server_task: asyncio.Task[Any] | None) -> None:

@@ -28,7 +28,8 @@ class AsyncioServer:
     """An ASGI server on asyncio's loop (or uvloop), stopped by its handler for a signal."""
 
     stopped_when_draining = False
-    stop_again_when_forced = True  # uvicorn's second signal is its force exit
+    stop_again_when_forced = True
+    closes_long_lived_itself = True  # uvicorn's second signal is its force exit
 
     def __init__(self, drain: Drain, stop_signal: signal.Signals) -> None:
         self.drain = drain
@@ -80,6 +81,7 @@ class TrioServer:
 
     stopped_when_draining = False
     stop_again_when_forced = False
+    closes_long_lived_itself = True
 
     def __init__(self, drain: Drain) -> None:
         self.drain = drain

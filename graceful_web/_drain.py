@@ -223,6 +223,8 @@ class Drain:
                 logger.exception("drain report listener failed")
         self.report = report
         self._beside.stop()
+        # aiohttp's connections are learnt only at their end, which the drain may not reach.
+        self.long_lived.drain_over()
         log_finished(report)
         return report
 

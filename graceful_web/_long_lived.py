@@ -94,6 +94,16 @@ class LongLived:
         self._sent_waiters.append(event.set)
         await event.wait()
 
+    def drain_over(self) -> None:
+        """The drain is over (nothing was left to end): whoever waits for the ends goes on."""
+        self._sent.update(KINDS)
+        self._wake_sent_waiters()
+
+    def _wake_sent_waiters(self) -> None:
+        waiters, self._sent_waiters = self._sent_waiters, []
+        for wake in waiters:
+            wake()
+
     async def end_all(
         self, kinds: Collection[Kind] = KINDS, on_sent: Callable[[], object] | None = None
     ) -> None:
@@ -125,9 +135,7 @@ class LongLived:
         finally:
             self._sent.update(kinds)
             if self._sent.issuperset(KINDS):
-                waiters, self._sent_waiters = self._sent_waiters, []
-                for wake in waiters:
-                    wake()
+                self._wake_sent_waiters()
             if on_sent is not None:
                 on_sent()
         with anyio.move_on_after(CLOSE_HANDSHAKE_TIME):

@@ -62,6 +62,9 @@ class ServerHandle(Protocol):
     stopped_when_draining: bool
     #: A second signal is handed to the server too (uvicorn's second signal is its force exit).
     stop_again_when_forced: bool
+    #: Told to stop, the server closes websockets itself (uvicorn: at once, with its own code):
+    #: it is told only once the drain's ends went out. (aiohttp's stop waits for the drain.)
+    closes_long_lived_itself: bool
 
     def connections(self) -> Connections | None:
         """The server's connections, or None where they are out of reach."""
@@ -164,7 +167,7 @@ class StopSequence:
                     lambda: connections.idle() or 0, self.config.idle_connection_grace
                 )
             long_lived = self.drain.long_lived
-            if long_lived.any_open():
+            if self.server.closes_long_lived_itself and long_lived.any_open():
                 # A server closes what is left as it stops, websockets unannounced or with
                 # a code of its own: the drain's ends go first.
                 with anyio.move_on_after(self.drain.remaining()):

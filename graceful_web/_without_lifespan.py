@@ -37,6 +37,7 @@ class StopAfterDrain:
     when its turn comes (``told``), the server hears of it once the drain is over too."""
 
     stopped_when_draining = False
+    closes_long_lived_itself = True
 
     def __init__(self, server: AsyncioServer) -> None:
         self.server = server

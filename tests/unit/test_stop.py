@@ -30,6 +30,7 @@ class Listener:
 
 class StandInServer:
     stopped_when_draining = False
+    closes_long_lived_itself = True
     stop_again_when_forced = True
 
     def __init__(self, *, reachable: bool = True, idle: int | None = 0) -> None:
