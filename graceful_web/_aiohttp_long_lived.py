@@ -77,12 +77,10 @@ async def _close_websocket(
     try:
         await websocket.close(code=code, message=b"service restart")
     except asyncio.CancelledError:
-        logger.warning(
-            "websocket %s: the client did not answer the close (%d) within %.1f s",
-            _census.name(call),
-            code,
-            CLOSE_HANDSHAKE_TIME,
-        )
+        # close() waits for the handler's receive() to take the end (then for the client's
+        # answer): a handler that never receives is cancelled here, its one line said.
+        if not task.done():
+            _handler_cancelled(task, call, code)
         raise
     finally:
         if websocket.closed:
